@@ -1,0 +1,163 @@
+"""Typed configuration: one dataclass schema per stage, loaded from YAML + dotlist overrides by omegaconf.
+
+This is the only module that imports omegaconf. ``load_config(Schema, path, overrides)`` merges, in order:
+the schema's defaults, the YAML file (and the files its ``_base_`` key names, recursively, relative to it),
+then ``key=value`` overrides from the command line. ``${...}`` interpolation works across all of them
+(``${oc.env:LACONIC_DATA}`` included). An unknown or mistyped key is a :class:`ConfigError` that names the
+key and where it came from; values are then checked by each schema's ``validate()``, again naming the key.
+
+Components never receive these objects: builders turn them into plain keyword arguments (torchtune's rule),
+so that the library can be used without configs at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from laconic_ray.storage import StorageOptions
+
+T = TypeVar("T")
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key (and file) and what was expected."""
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` for ``key`` unless ``condition`` holds; used by every ``validate()``."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+# --------------------------------------------------------------------------------------------------- shared
+
+
+@dataclasses.dataclass
+class StorageConfig:
+    """Object storage access. Credentials come from the AWS chain (env, profile, instance role), never here."""
+
+    endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto, R2...); default $AWS_ENDPOINT_URL
+    region: str | None = None
+    anon: bool = False
+
+    def options(self) -> StorageOptions:
+        return StorageOptions(endpoint_url=self.endpoint_url, region=self.region, anon=self.anon)
+
+
+# -------------------------------------------------------------------------------------------------- loading
+
+
+def _load_yaml(path: str, seen: tuple[str, ...] = ()) -> DictConfig:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: {BASE_KEY} includes itself ({' -> '.join((*seen, path))})")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends; the message carries line and column
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping of keys")
+    bases = node.pop(BASE_KEY, None)
+    if bases is None:
+        return node
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, _load_yaml(os.path.join(os.path.dirname(path), base), (*seen, path)))
+    return OmegaConf.merge(merged, node)
+
+
+def _field_names(schema: Any, dotted: str) -> list[str]:
+    """The valid keys beside ``dotted`` (for 'did you mean')."""
+    cls = schema
+    for part in dotted.split(".")[:-1]:
+        hints = {f.name: f.type for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        default = next((f for f in dataclasses.fields(cls) if f.name == part), None) if hints else None
+        if default is None or default.default_factory is dataclasses.MISSING:
+            return []
+        cls = type(default.default_factory())
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _explain(e: OmegaConfBaseException, schema: type, source: str) -> ConfigError:
+    key = getattr(e, "full_key", None) or "?"
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, ConfigKeyError):
+        names = _field_names(schema, key)
+        hint = difflib.get_close_matches(key.split(".")[-1], names, n=1)
+        more = f" (did you mean {hint[0]!r}?)" if hint else (f" (valid: {', '.join(names)})" if names else "")
+        return ConfigError(f"{source}: unknown key {key!r}{more}")
+    return ConfigError(f"{source}: {key}: {first}")
+
+
+def validate_tree(obj: Any, prefix: str = "") -> None:
+    """Call ``validate()`` on every dataclass in the tree, prefixing errors with the dotted key path."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        validate_tree(getattr(obj, f.name), f"{prefix}{f.name}.")
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}{e}") from None
+
+
+def load_config(schema: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a validated ``schema`` instance from defaults, a YAML file and ``key=value`` overrides."""
+    config = OmegaConf.structured(schema)
+    try:
+        if path:
+            config = OmegaConf.merge(config, _load_yaml(path))
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, path or "config") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, f"override {item!r}") from None
+    try:
+        obj = OmegaConf.to_object(config)
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, path or "config") from None
+    validate_tree(obj)
+    return obj  # type: ignore[return-value]
+
+
+def to_yaml(obj: Any) -> str:
+    """Render a config object back to YAML (saved beside outputs so that runs are reproducible)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(obj))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------- stage schemas
+# Each stage's schema lives here, beside the others, so that a newcomer finds every knob in one file.
+
+
+@dataclasses.dataclass
+class QuickstartConfig:
+    """``laconic quickstart``: every stage end to end on one collection, local Ray and local storage."""
+
+    dataset: str = "scifact"  # a name under $LACONIC_DATA, or a path/URI to a BEIR-format folder
+    data_root: str | None = None  # default $LACONIC_DATA
+    output: str = "runs/quickstart"
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def validate(self) -> None:
+        check(bool(self.dataset), "dataset", "name a BEIR collection (e.g. scifact) or give its path")
+        check(bool(self.output), "output", "give a folder or URI for the run's outputs")

@@ -1,0 +1,72 @@
+"""Fixtures shared by every tier: the data root, and S3 on loopback (moto in server mode).
+
+moto's server speaks the real S3 wire protocol over HTTP on 127.0.0.1, so s3fs/botocore run exactly as they
+would against AWS or MinIO (this is how s3fs's own suite tests). Credentials are dummies set for the whole
+session, before any Ray worker starts, so that every process sees the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def pytest_configure(config):
+    os.environ.setdefault("LACONIC_DATA", str(REPO.parent / "shared" / "datasets"))
+    os.environ.update(_S3_ENV)  # tests never talk to a real AWS account
+    os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ["LACONIC_DATA"])
+    assert (root / "scifact" / "corpus.jsonl").exists(), (
+        f"test collections not found under {root}: set LACONIC_DATA to the folder holding scifact/, cacm/, ..."
+    )
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket: returns ``(base_uri, StorageOptions)``."""
+    import s3fs
+
+    from laconic_ray.storage import StorageOptions
+
+    options = StorageOptions(endpoint_url=s3_endpoint)
+    fs = s3fs.S3FileSystem(**options.s3_kwargs())
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    return f"s3://{bucket}", options

@@ -1,0 +1,111 @@
+"""load_config: merge order, interpolation, _base_ includes, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from laconic_ray.config import ConfigError, StorageConfig, check, load_config, to_yaml
+
+
+@dataclasses.dataclass
+class Inner:
+    lr: float = 1e-4
+    steps: int = 10
+
+    def validate(self) -> None:
+        check(self.lr > 0, "lr", "must be > 0")
+
+
+@dataclasses.dataclass
+class Outer:
+    name: str = "run"
+    output: str = "runs/${name}"
+    mode: Literal["bidirectional", "echo", "causal"] = "bidirectional"
+    top_k: int | None = 512
+    inner: Inner = dataclasses.field(default_factory=Inner)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, "c.yaml", "# laconic test c.yaml\nname: first\ninner:\n  steps: 20\n")
+    cfg = load_config(Outer, path, ["inner.lr=0.5", "top_k=null"])
+    assert cfg.name == "first" and cfg.inner.steps == 20 and cfg.inner.lr == 0.5 and cfg.top_k is None
+    assert isinstance(cfg.inner, Inner) and isinstance(cfg.storage, StorageConfig)
+    # interpolation sees the final value, whatever layer set it
+    assert load_config(Outer, path, ["name=second"]).output == "runs/second"
+
+
+def test_env_interpolation(tmp_path, monkeypatch):
+    monkeypatch.setenv("LACONIC_TEST_OUT", "/data/out")
+    path = write(tmp_path, "c.yaml", "output: ${oc.env:LACONIC_TEST_OUT}/x\n")
+    assert load_config(Outer, path).output == "/data/out/x"
+
+
+def test_base_includes_are_merged_in_order(tmp_path):
+    write(tmp_path, "base.yaml", "name: base\ninner:\n  lr: 0.1\n  steps: 5\n")
+    (tmp_path / "sub").mkdir()
+    path = write(tmp_path, "sub/child.yaml", "_base_: ../base.yaml\ninner:\n  steps: 7\n")
+    cfg = load_config(Outer, path)
+    assert (cfg.name, cfg.inner.lr, cfg.inner.steps) == ("base", 0.1, 7)
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    write(tmp_path, "a.yaml", "_base_: b.yaml\n")
+    write(tmp_path, "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(Outer, str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (
+            ["inner.setps=3"],
+            r"override 'inner.setps=3': unknown key 'inner.setps' \(did you mean 'steps'\?\)",
+        ),
+        (["nmae=x"], r"unknown key 'nmae' \(did you mean 'name'\?\)"),
+        (["inner.steps=many"], r"inner.steps: Value 'many'.*Integer"),
+        (["mode=sideways"], r"mode: Invalid value 'sideways'"),
+        (["inner.lr=-1"], r"inner.lr: must be > 0"),
+        (["steps"], r"expected key=value"),
+    ],
+)
+def test_override_errors_name_the_key(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(Outer, None, overrides)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad_key = write(tmp_path, "bad.yaml", "inner:\n  warmup: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'inner.warmup'"):
+        load_config(Outer, bad_key)
+    bad_yaml = write(tmp_path, "broken.yaml", "name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML.*line"):
+        load_config(Outer, bad_yaml)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Outer, str(tmp_path / "missing.yaml"))
+    scalar = write(tmp_path, "list.yaml", "- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Outer, scalar)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(Outer, None, ["name=x", "inner.steps=3"])
+    path = write(tmp_path, "saved.yaml", to_yaml(cfg))
+    assert load_config(Outer, path) == cfg
+
+
+def test_storage_options_take_endpoint_from_env(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert StorageConfig().options().s3_kwargs()["endpoint_url"] == "http://127.0.0.1:9"
+    explicit = StorageConfig(endpoint_url="http://minio:9000").options().s3_kwargs()
+    assert explicit["endpoint_url"] == "http://minio:9000"
