@@ -21,8 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("LACONIC_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+common.setup()
 for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
     os.environ.setdefault(key, "bench")
 

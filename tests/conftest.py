@@ -25,8 +25,15 @@ _S3_ENV = {
 }
 
 
+# Where our machines keep the shared collections and tokenizers (the Makefile sets the variables too).
+SHARED = next(
+    (p for p in (REPO.parent / "shared", Path("/work/shared")) if p.is_dir()), REPO.parent / "shared"
+)
+
+
 def pytest_configure(config):
-    os.environ.setdefault("LACONIC_DATA", str(REPO.parent / "shared" / "datasets"))
+    os.environ.setdefault("LACONIC_DATA", str(SHARED / "datasets"))
+    os.environ.setdefault("LACONIC_TOKENIZERS", str(SHARED / "tokenizers"))
     os.environ.update(_S3_ENV)  # tests never talk to a real AWS account
     os.environ.pop("AWS_PROFILE", None)
 

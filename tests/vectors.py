@@ -16,14 +16,16 @@ import scipy.sparse as sp
 
 from laconic_ray.data.beir import BeirDataset
 
-TOKENIZERS = Path(os.environ.get("LACONIC_DATA", "")).parent / "tokenizers"
+
+def tokenizers_dir() -> Path:
+    return Path(os.environ.get("LACONIC_TOKENIZERS", "../shared/tokenizers"))
 
 
 @functools.cache
 def bert_tokenizer():
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(TOKENIZERS / "bert-base-uncased" / "tokenizer.json"))
+    return Tokenizer.from_file(str(tokenizers_dir() / "bert-base-uncased" / "tokenizer.json"))
 
 
 def bm25_vectors(texts: list[str], k1: float = 0.9, b: float = 0.4) -> sp.csr_matrix:
