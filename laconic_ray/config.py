@@ -161,3 +161,56 @@ class QuickstartConfig:
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "name a BEIR collection (e.g. scifact) or give its path")
         check(bool(self.output), "output", "give a folder or URI for the run's outputs")
+
+
+ATTENTION_MODES = ("bidirectional", "echo", "causal")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The sparse encoder to load or build. Presets: conf/model/{tiny,llama3-1b,llama3-3b,llama3-8b}.yaml."""
+
+    # Weights: a hub id, a local dir or an s3:// URI (a laconic checkpoint or a plain HF causal LM).
+    # Empty: random init from `architecture` (tests, the quickstart's tiny model).
+    name_or_path: str = ""
+    # The HF config (model_type + fields) for random init and for memory planning on the meta device.
+    architecture: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tokenizer: str = ""  # dir, hub id or Llama-3 tokenizer.model; default: name_or_path
+    mode: str = "bidirectional"  # bidirectional | echo | causal
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (bf16 on GPUs)
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | flex_attention
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    query_max_length: int = 64
+    passage_max_length: int = 192
+    top_k: int | None = 512  # weights kept per vector when encoding for the index
+    vocab_chunk: int = 2048  # LM-head rows per pooling step: peak memory ~ batch x tokens x vocab_chunk
+    seed: int = 0  # random init only
+
+    def validate(self) -> None:
+        check(
+            bool(self.name_or_path) or bool(self.architecture),
+            "name_or_path",
+            "give weights (hub id, dir, s3://) or an `architecture` to initialise randomly",
+        )
+        check(
+            not self.architecture or "model_type" in self.architecture,
+            "architecture",
+            "needs a model_type (e.g. llama)",
+        )
+        check(
+            bool(self.name_or_path) or bool(self.tokenizer),
+            "tokenizer",
+            "a randomly initialised model needs a tokenizer (dir, hub id or tokenizer.model)",
+        )
+        check(self.mode in ATTENTION_MODES, "mode", f"must be one of {ATTENTION_MODES}")
+        check(
+            self.dtype in ("float32", "bfloat16", "float16"), "dtype", "must be float32, bfloat16 or float16"
+        )
+        check(
+            self.query_max_length > 0 and self.passage_max_length > 0,
+            "query_max_length",
+            "max lengths must be > 0",
+        )
+        check(self.top_k is None or self.top_k > 0, "top_k", "must be > 0 or null (keep every weight)")
+        check(self.vocab_chunk > 0, "vocab_chunk", "must be > 0")

@@ -19,9 +19,11 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -169,6 +171,44 @@ def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
             return f.read()
     except FileNotFoundError:
         raise StorageError(f"{uri}: no such file") from None
+
+
+def upload_dir(
+    local_dir: str, uri: str, options: StorageOptions | None = None, last: str | None = None
+) -> None:
+    """Copy a local folder to ``uri`` (any filesystem); the file named ``last`` is copied after all others, so
+    that its presence means the folder is complete (the same rule as manifests)."""
+    files = sorted(p.relative_to(local_dir).as_posix() for p in Path(local_dir).rglob("*") if p.is_file())
+    if last in files:
+        files.remove(last)
+        files.append(last)
+    for rel in files:
+        with (
+            open(os.path.join(local_dir, rel), "rb") as src,
+            open_atomic(join(uri, rel), "wb", options) as dst,
+        ):
+            shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def localize(uri: str, options: StorageOptions | None = None, marker: str | None = None) -> str:
+    """A local path holding the folder at ``uri``: the path itself when local, else a cached download.
+
+    The cache key is the URI; a cached copy is reused only if it holds ``marker`` (the file written last).
+    """
+    if not is_remote(uri):
+        return filesystem(uri, options)[1]
+    cache = Path(os.environ.get("LACONIC_CACHE", Path.home() / ".cache" / "laconic_ray")) / "remote"
+    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if marker and (target / marker).exists():
+        return str(target)
+    fs, path = filesystem(uri, options)
+    if not fs.exists(path):
+        raise StorageError(f"{uri}: not found")
+    tmp = Path(f"{target}.{uuid.uuid4().hex}.tmp")
+    fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return str(target)
 
 
 def sha256_of(uri: str, options: StorageOptions | None = None, chunk: int = 1 << 22) -> str:
