@@ -1,0 +1,77 @@
+"""Synthetic SPLADE-like vectors with topic structure, for engine benchmarks (and large-scale tests).
+
+Documents: ~120 non-zero weights over the Llama-3 vocabulary (128,256 ids); queries: ~30. Term popularity is
+Zipfian over a random permutation of the vocabulary (a few ids appear in a large share of documents, most in
+almost none); each document and query draws most of its terms from one of ``topics`` topic vocabularies and
+the rest from the global distribution, so that the collection has the cluster structure real corpora have and
+pruning methods exploit. Weights are log-normal (SPLADE weights: mostly 0.1-2, a long tail to ~4), higher for
+topic terms than for background terms. Deterministic in ``seed``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+LLAMA3_VOCAB = 128_256
+
+
+def _zipf_probs(n: int, s: float) -> np.ndarray:
+    p = 1.0 / np.arange(1, n + 1) ** s
+    return p / p.sum()
+
+
+def generate(
+    n_docs: int,
+    n_queries: int,
+    *,
+    vocab: int = LLAMA3_VOCAB,
+    doc_nnz: int = 120,
+    query_nnz: int = 30,
+    topics: int = 2000,
+    topic_size: int = 400,
+    topic_share: float = 0.6,
+    zipf: float = 1.05,
+    seed: int = 0,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(docs, queries)`` as float32 CSR matrices with sorted indices and positive weights."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(vocab)
+    global_p = _zipf_probs(vocab, zipf)
+    # topic vocabularies: mid-frequency terms, each topic its own Zipf over its members
+    mid = perm[200 : min(vocab, 60_000)]
+    topic_terms = np.stack([rng.choice(mid, size=topic_size, replace=False) for _ in range(topics)])
+    topic_p = _zipf_probs(topic_size, 0.8)
+
+    def sample(cdf: np.ndarray, size: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(cdf, rng.random(size)), len(cdf) - 1)
+
+    global_cdf, topic_cdf = np.cumsum(global_p), np.cumsum(topic_p)
+
+    def draw(n: int, nnz: int, boost: float, oversample: float) -> sp.csr_matrix:
+        # Sample with replacement, vectorised over all rows, then merge duplicates within a row (keeping the
+        # largest weight): rows end up with slightly fewer than their drawn length, as distinct terms.
+        lengths = np.clip(rng.poisson(nnz * oversample, size=n), max(4, nnz // 4), nnz * 3)
+        n_topic = (lengths * topic_share).astype(np.int64)
+        n_global = lengths - n_topic
+        rows_t = np.repeat(np.arange(n), n_topic)
+        topic_of_row = rng.integers(0, topics, size=n)
+        terms_t = topic_terms[topic_of_row[rows_t], sample(topic_cdf, len(rows_t))]
+        rows_g = np.repeat(np.arange(n), n_global)
+        terms_g = perm[sample(global_cdf, len(rows_g))]
+        rows = np.concatenate([rows_t, rows_g])
+        terms = np.concatenate([terms_t, terms_g])
+        weights = rng.lognormal(mean=-0.6, sigma=0.7, size=len(rows))
+        weights[: len(rows_t)] *= boost  # topic terms weigh more
+        weights = np.minimum(weights, 4.0)
+        keys = rows.astype(np.int64) * vocab + terms
+        order = np.argsort(keys, kind="stable")
+        keys, weights = keys[order], weights[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        keys, weights = keys[starts], np.maximum.reduceat(weights, starts)
+        mat = sp.csr_matrix((weights.astype(np.float32), ((keys // vocab), (keys % vocab))), shape=(n, vocab))
+        mat.sort_indices()
+        return mat
+
+    # oversampling compensates the duplicates merged away (frequent terms repeat within long rows)
+    return draw(n_docs, doc_nnz, 1.6, 1.34), draw(n_queries, query_nnz, 2.0, 1.1)

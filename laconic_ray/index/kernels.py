@@ -1,0 +1,341 @@
+"""Numba search kernels over the block-max layout of build.py.
+
+One query:
+1. **Block bounds**: ``ub[b] = sum over query terms of q_w * block_max[t, b]`` from the term's entries (only
+   blocks where a query term occurs get a bound > 0). This touches one entry per (term, block), 64x fewer
+   items than the postings.
+2. **Best-bound-first scoring**: blocks are visited in decreasing bound. A block is scored exactly (each query
+   term's postings inside it, found by binary search among the term's entries, accumulated into a 64-slot
+   buffer) and its documents offered to a top-k heap. As soon as ``alpha * ub[b]`` falls below the k-th
+   score, no later block can contribute (exact when ``alpha == 1``) and the search stops.
+
+Scores are accumulated in float64: ``q_w`` (float32, 24 significant bits) times an integer impact (<= 16 bits)
+is exact, and sums of a few dozen such products stay exact in 53 bits, so the result does not depend on the
+order of summation and equals an exhaustive float64 dot product bit for bit; bounds get a relative margin
+(``BOUND_SLACK``) so that rounding can never make a bound undercut a score. Ties go to the lower internal
+document number, which build.py makes the doc-id order.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+BOUND_SLACK = 1e-12
+
+
+@nb.njit(cache=True, inline="always")
+def _worse(s1, i1, s2, i2):
+    """Is (s1, i1) ranked below (s2, i2)? Higher score first; equal scores: lower doc number first."""
+    return s1 < s2 or (s1 == s2 and i1 > i2)
+
+
+@nb.njit(cache=True)
+def _sift_down(hs, hi, n, pos):
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            return
+        right = child + 1
+        if right < n and _worse(hs[right], hi[right], hs[child], hi[child]):
+            child = right
+        if not _worse(hs[child], hi[child], hs[pos], hi[pos]):
+            return
+        hs[pos], hs[child] = hs[child], hs[pos]
+        hi[pos], hi[child] = hi[child], hi[pos]
+        pos = child
+
+
+@nb.njit(cache=True)
+def _offer(hs, hi, n, k, score, doc):
+    """Offer a document to the min-heap of the current top-k (root = the k-th best); returns the new size."""
+    if n < k:
+        pos = n
+        hs[pos] = score
+        hi[pos] = doc
+        while pos > 0:
+            parent = (pos - 1) // 2
+            if not _worse(hs[pos], hi[pos], hs[parent], hi[parent]):
+                break
+            hs[pos], hs[parent] = hs[parent], hs[pos]
+            hi[pos], hi[parent] = hi[parent], hi[pos]
+            pos = parent
+        return n + 1
+    if _worse(hs[0], hi[0], score, doc):
+        hs[0] = score
+        hi[0] = doc
+        _sift_down(hs, hi, n, 0)
+    return n
+
+
+@nb.njit(cache=True)
+def _find_entry(entry_block, lo, hi, block):
+    """Index of ``block`` among entry_block[lo:hi] (ascending), or -1."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        value = entry_block[mid]
+        if value < block:
+            lo = mid + 1
+        elif value > block:
+            hi = mid
+        else:
+            return mid
+    return -1
+
+
+MAX_TABLE_TERMS = 64  # query terms whose (term, block) -> entry map is tabulated; the rest use binary search
+ROUND_FACTOR = 0.85  # each round scores the blocks whose bound lies within this factor of the last round's
+GROUP = 64  # blocks scored together: gathers of independent loads let the CPU overlap cache misses
+
+
+@nb.njit(cache=True, inline="always")
+def _posting(post_doc, post_imp, p):
+    """(offset in block, impact) of posting ``p``; integer impacts are packed with the offset in the low byte
+    (one load instead of two), float impacts keep a separate offset array."""
+    if post_doc.shape[0] == 0:
+        v = post_imp[p]
+        return int(v % 256), v // 256
+    return int(post_doc[p]), post_imp[p]
+
+
+@nb.njit(cache=True)
+def search_one(
+    q_terms,
+    q_weights,
+    k,
+    alpha,
+    term_ptr,
+    entry_block,
+    entry_max,
+    entry_post,
+    post_doc,
+    post_imp,
+    n_docs,
+    block_size,
+    ub,
+    table,
+    stamp,
+    out_scores,
+    out_docs,
+):
+    """Top-``k`` of one query into ``out_scores``/``out_docs`` (best first); returns how many were found.
+
+    Scratch owned by the caller: ``ub`` ([n_blocks] float64) and ``table`` ([MAX_TABLE_TERMS, n_blocks]
+    int64), with ``stamp`` a number not used by the previous query on the same table (no clearing needed).
+    Raw scores: multiply by the shard's scale outside.
+
+    (1) One pass over the query terms' entries sums the block bounds and records, per (query term, block),
+    where the term's postings in that block are. (2) Blocks are scored in rounds of decreasing bound (each
+    round takes the blocks whose bound lies within ``ROUND_FACTOR`` of the previous round's floor), so the
+    k-th score ``theta`` rises early; the search stops once no unscored block can reach ``theta / alpha``.
+    A block left out has ``alpha * bound < theta <= final k-th score``: with ``alpha = 1`` it cannot hold a
+    top-k document, so the result is exact.
+    """
+    n_blocks = ub.shape[0]
+    nq = q_terms.shape[0]
+    n_tab = min(nq, table.shape[0])
+    ub[:] = 0.0
+    tag = stamp << 32
+    for i in range(nq):
+        t = q_terms[i]
+        w = q_weights[i]
+        if i < n_tab:
+            row = table[i]
+            for e in range(term_ptr[t], term_ptr[t + 1]):
+                b = entry_block[e]
+                ub[b] += w * entry_max[e]
+                row[b] = tag | e
+        else:
+            for e in range(term_ptr[t], term_ptr[t + 1]):
+                ub[entry_block[e]] += w * entry_max[e]
+
+    n_cand = 0
+    top = 0.0
+    for b in range(n_blocks):
+        if ub[b] > 0.0:
+            n_cand += 1
+            if ub[b] > top:
+                top = ub[b]
+    cand = np.empty(n_cand, dtype=np.int64)
+    j = 0
+    for b in range(n_blocks):
+        if ub[b] > 0.0:
+            cand[j] = b
+            j += 1
+
+    hs = np.empty(k, dtype=np.float64)
+    hi = np.empty(k, dtype=np.int64)
+    n = 0
+    batch = np.empty(n_cand, dtype=np.int64)
+    found = np.empty(GROUP * nq, dtype=np.int64)  # entry of each (block in group, query term) hit
+    found_slot = np.empty(GROUP * nq, dtype=np.int64)
+    found_term = np.empty(GROUP * nq, dtype=np.int64)
+    lo = np.empty(GROUP * nq, dtype=np.int64)
+    hi_p = np.empty(GROUP * nq, dtype=np.int64)
+    acc = np.zeros(GROUP * block_size, dtype=np.float64)
+    ceiling = np.inf
+    floor = top * ROUND_FACTOR
+    remaining = n_cand
+    while remaining > 0:
+        if n == k:
+            # blocks below theta / alpha cannot contribute: make this the last round if that is higher
+            needed = hs[0] / (alpha * (1.0 + BOUND_SLACK))
+            if needed >= ceiling:
+                break
+            if needed > floor:
+                floor = needed
+        m = 0
+        for j in range(n_cand):
+            u = ub[cand[j]]
+            if u >= floor and u < ceiling:
+                batch[m] = cand[j]
+                m += 1
+        remaining -= m
+        for g0 in range(0, m, GROUP):
+            g1 = min(m, g0 + GROUP)
+            # gather the hits first, then their posting ranges, then the postings: independent loads
+            nf = 0
+            for j in range(g0, g1):
+                b = batch[j]
+                for i in range(nq):
+                    if i < n_tab:
+                        code = table[i, b]
+                        e = code & 0xFFFFFFFF if (code >> 32) == stamp else -1
+                    else:
+                        t = q_terms[i]
+                        e = _find_entry(entry_block, term_ptr[t], term_ptr[t + 1], b)
+                    if e >= 0:
+                        found[nf] = e
+                        found_slot[nf] = (j - g0) * block_size
+                        found_term[nf] = i
+                        nf += 1
+            for x in range(nf):
+                lo[x] = entry_post[found[x]]
+                hi_p[x] = entry_post[found[x] + 1]
+            for x in range(nf):
+                offset = found_slot[x]
+                w = q_weights[found_term[x]]
+                for p in range(lo[x], hi_p[x]):
+                    off, imp = _posting(post_doc, post_imp, p)
+                    acc[offset + off] += w * imp
+            for j in range(g0, g1):
+                base = batch[j] * block_size
+                offset = (j - g0) * block_size
+                for off in range(block_size):
+                    s = acc[offset + off]
+                    if s > 0.0:
+                        acc[offset + off] = 0.0
+                        doc = base + off
+                        # the heap call only for documents that enter the top k (most do not)
+                        if doc < n_docs and (n < k or s > hs[0] or (s == hs[0] and doc < hi[0])):
+                            n = _offer(hs, hi, n, k, s, doc)
+        ceiling = floor
+        floor = floor * ROUND_FACTOR
+
+    # heap -> best-first order
+    for pos in range(n - 1, -1, -1):
+        out_scores[pos] = hs[0]
+        out_docs[pos] = hi[0]
+        hs[0] = hs[pos]
+        hi[0] = hi[pos]
+        _sift_down(hs, hi, pos, 0)
+    return n
+
+
+@nb.njit(cache=True, parallel=True)
+def search_batch(
+    q_ptr,
+    q_terms,
+    q_weights,
+    k,
+    alpha,
+    term_ptr,
+    entry_block,
+    entry_max,
+    entry_post,
+    post_doc,
+    post_imp,
+    n_docs,
+    block_size,
+    n_blocks,
+    n_chunks,
+    out_scores,
+    out_docs,
+    out_counts,
+):
+    """Many queries (CSR ``q_ptr``/``q_terms``/``q_weights``) over ``n_chunks`` parallel chunks of queries;
+    each chunk owns its scratch. Results go to row ``i`` of ``out_scores``/``out_docs`` ([n_queries, k])."""
+    n_queries = q_ptr.shape[0] - 1
+    per_chunk = (n_queries + n_chunks - 1) // n_chunks
+    for c in nb.prange(n_chunks):
+        ub = np.zeros(n_blocks, dtype=np.float64)
+        table = np.zeros((MAX_TABLE_TERMS, n_blocks), dtype=np.int64)
+        for qi in range(c * per_chunk, min(n_queries, (c + 1) * per_chunk)):
+            lo, hi = q_ptr[qi], q_ptr[qi + 1]
+            out_counts[qi] = search_one(
+                q_terms[lo:hi],
+                q_weights[lo:hi],
+                k,
+                alpha,
+                term_ptr,
+                entry_block,
+                entry_max,
+                entry_post,
+                post_doc,
+                post_imp,
+                n_docs,
+                block_size,
+                ub,
+                table,
+                qi + 1,
+                out_scores[qi],
+                out_docs[qi],
+            )
+
+
+@nb.njit(cache=True)
+def prepare_query(indices, values, vocab_size, query_mass):
+    """Validate and normalise one query: merge duplicate ids (summing), drop zero weights, order by weight
+    (largest first), keep the largest weights that make up ``query_mass`` of the total.
+
+    Returns ``(terms, weights, error, bad)``: ``error`` 0 = fine, 1 = term id ``bad`` outside the vocabulary,
+    2 = weight at position ``bad`` not finite or negative.
+    """
+    n = indices.shape[0]
+    for j in range(n):
+        if indices[j] < 0 or indices[j] >= vocab_size:
+            return np.empty(0, np.int64), np.empty(0), 1, j
+        v = values[j]
+        if not (v >= 0.0) or v == np.inf:  # NaN fails the first test
+            return np.empty(0, np.int64), np.empty(0), 2, j
+    order = np.argsort(indices, kind="mergesort")
+    terms = np.empty(n, np.int64)
+    weights = np.empty(n, np.float64)
+    m = 0
+    for j in range(n):
+        t = indices[order[j]]
+        if m > 0 and terms[m - 1] == t:
+            weights[m - 1] += values[order[j]]
+        else:
+            terms[m] = t
+            weights[m] = values[order[j]]
+            m += 1
+    keep = 0
+    for j in range(m):
+        if weights[j] > 0.0:
+            terms[keep] = terms[j]
+            weights[keep] = weights[j]
+            keep += 1
+    by_weight = np.argsort(-weights[:keep], kind="mergesort")
+    terms, weights = terms[:keep][by_weight], weights[:keep][by_weight]
+    if query_mass < 1.0 and keep > 0:
+        target = query_mass * weights.sum() * (1.0 - 1e-12)
+        total = 0.0
+        cut = keep
+        for j in range(keep):
+            total += weights[j]
+            if total >= target:
+                cut = j + 1
+                break
+        terms, weights = terms[:cut], weights[:cut]
+    return terms, weights, 0, -1

@@ -1,0 +1,257 @@
+"""The index engine against exhaustive scoring: exact equality (ids, scores, ties), approximate recall, batch
+search, save/load, and every error case."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from laconic_ray import sparse, storage
+from laconic_ray.index import IndexFormatError, InvertedIndex, QueryError, merge_topk
+from laconic_ray.index.build import quantize_impacts
+from tests.vectors import bm25_queries, collection_vectors, splade_toy
+
+
+def exhaustive(index: InvertedIndex, docs: sp.csr_matrix, doc_ids: list[str], query: sp.csr_matrix, k: int):
+    """Ground truth: float64 dot products of the query with the *quantized* documents; ties by doc id."""
+    impacts, _ = quantize_impacts(docs.data, index.meta.quantization, index.meta.scale)
+    quantized = sp.csr_matrix((impacts.astype(np.float64), docs.indices, docs.indptr), shape=docs.shape)
+    scores = (quantized @ query.astype(np.float64).T).toarray().ravel() * index.meta.scale
+    ids = np.asarray(doc_ids)
+    matching = np.flatnonzero(scores > 0)
+    order = matching[np.lexsort((ids[matching], -scores[matching]))][:k]
+    return ids[order].tolist(), scores[order]
+
+
+def random_vectors(n_docs: int, n_queries: int, vocab: int, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    rng = np.random.default_rng(seed)
+
+    def draw(n, density):
+        m = sp.random(n, vocab, density=density, format="csr", random_state=rng, dtype=np.float32)
+        m.data = rng.lognormal(-0.5, 0.8, m.nnz).astype(np.float32)
+        m.sort_indices()
+        return m
+
+    return draw(n_docs, 0.02), draw(n_queries, 0.01)
+
+
+@pytest.fixture(scope="module")
+def random_setup():
+    docs, queries = random_vectors(5000, 40, 3000, seed=1)
+    ids = [f"doc-{i:05d}" for i in np.random.default_rng(2).permutation(5000)]  # ids not in row order
+    return docs, ids, queries
+
+
+@pytest.mark.parametrize("quantization", ["uint8", "uint16"])
+@pytest.mark.parametrize("k", [1, 10, 100, 1000])
+def test_exact_equals_exhaustive_on_random_vectors(random_setup, quantization, k):
+    docs, ids, queries = random_setup
+    index = InvertedIndex.build(docs, ids, quantization=quantization, block_size=32)
+    for qi in range(queries.shape[0]):
+        got_ids, got_scores = index.search(queries[qi].indices, queries[qi].data, k)
+        exp_ids, exp_scores = exhaustive(index, docs, ids, queries[qi], k)
+        assert got_ids == exp_ids
+        np.testing.assert_array_equal(got_scores, exp_scores)
+
+
+def test_float32_exact_matches_exhaustive(random_setup):
+    docs, ids, queries = random_setup
+    index = InvertedIndex.build(docs, ids, quantization="float32")
+    for qi in range(queries.shape[0]):
+        got_ids, got_scores = index.search(queries[qi].indices, queries[qi].data, 10)
+        exp_ids, exp_scores = exhaustive(index, docs, ids, queries[qi], 10)
+        assert got_ids == exp_ids
+        np.testing.assert_allclose(got_scores, exp_scores, rtol=1e-12)
+
+
+def test_ties_are_broken_by_doc_id():
+    # every document has the same single term with the same weight: all tie
+    n = 300
+    docs = sp.csr_matrix((np.ones(n, np.float32), np.zeros(n, np.int32), np.arange(n + 1)), shape=(n, 5))
+    ids = [f"z{(i * 37) % n:04d}" for i in range(n)]
+    index = InvertedIndex.build(docs, ids, block_size=16)
+    got, scores = index.search([0], [1.0], 25)
+    assert got == sorted(ids)[:25] and len(set(scores.tolist())) == 1
+
+
+@pytest.mark.parametrize("name", ["scifact", "cacm"])
+@pytest.mark.parametrize("k", [1, 10, 100, 1000])
+def test_exact_equals_exhaustive_on_bm25_vectors(name, k, data_root):
+    doc_ids, docs = collection_vectors(name)
+    _, queries = bm25_queries(name, "test")
+    index = InvertedIndex.build(docs, doc_ids)
+    results = index.batch_search(queries[:60], k, num_threads=2)
+    for qi, (got_ids, got_scores) in enumerate(results):
+        exp_ids, exp_scores = exhaustive(index, docs, doc_ids, queries[qi], k)
+        assert got_ids == exp_ids, f"query {qi}"
+        np.testing.assert_array_equal(got_scores, exp_scores)
+
+
+@pytest.mark.parametrize("k", [1, 10, 100, 1000])
+def test_exact_equals_exhaustive_on_real_splade_vectors(k, data_root):
+    doc_ids, docs, _, queries = splade_toy()
+    index = InvertedIndex.build(docs, doc_ids, quantization="uint16", block_size=4)
+    for qi in range(queries.shape[0]):
+        got_ids, got_scores = index.search(queries[qi].indices, queries[qi].data, k)
+        exp_ids, exp_scores = exhaustive(index, docs, doc_ids, queries[qi], k)
+        assert got_ids == exp_ids
+        np.testing.assert_array_equal(got_scores, exp_scores)
+    matching = int(((docs @ queries[0].T).toarray() > 0).sum())
+    assert 0 < matching < 20 and len(index.search(queries[0].indices, queries[0].data, 1000)[0]) == matching
+
+
+def test_approximate_recall_at_default_setting(data_root):
+    doc_ids, docs = collection_vectors("scifact")
+    _, queries = bm25_queries("scifact", "test")
+    index = InvertedIndex.build(docs, doc_ids)
+    recalls = []
+    for qi in range(queries.shape[0]):
+        exact = set(index.search(queries[qi].indices, queries[qi].data, 10)[0])
+        approx = set(index.search(queries[qi].indices, queries[qi].data, 10, mode="approximate")[0])
+        recalls.append(len(exact & approx) / max(len(exact), 1))
+    recall = float(np.mean(recalls))
+    print(f"approximate recall@10 at the default setting on SciFact BM25 vectors: {recall:.4f}")
+    assert recall >= 0.95
+
+
+def test_batch_search_equals_single_search(random_setup):
+    docs, ids, queries = random_setup
+    index = InvertedIndex.build(docs, ids)
+    for threads in (1, 2):
+        batch = index.batch_search(queries, 10, num_threads=threads)
+        for qi, (got_ids, got_scores) in enumerate(batch):
+            one_ids, one_scores = index.search(queries[qi].indices, queries[qi].data, 10)
+            assert got_ids == one_ids
+            np.testing.assert_array_equal(got_scores, one_scores)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_save_load_round_trip(random_setup, tmp_path, where, request):
+    docs, ids, queries = random_setup
+    index = InvertedIndex.build(docs, ids, quantization="uint16", metadata={"model": "x"})
+    if where == "local":
+        uri, options = str(tmp_path / "shard"), None
+    else:
+        base, options = request.getfixturevalue("s3_bucket")
+        uri = storage.join(base, "shard")
+    index.save(uri, options)
+    loaded = InvertedIndex.load(uri, options=options)
+    assert loaded.meta.metadata == {"model": "x"} and loaded.stats()["postings"] == index.stats()["postings"]
+    assert loaded.doc_ids() == sorted(ids)
+    for qi in range(10):
+        a = index.search(queries[qi].indices, queries[qi].data, 50)
+        b = loaded.search(queries[qi].indices, queries[qi].data, 50)
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1], b[1])
+    if where == "local":
+        assert isinstance(loaded.arrays["post_imp"], np.memmap)
+
+
+def test_builds_from_write_sparse_output(tmp_path, data_root):
+    doc_ids, docs = collection_vectors("cacm")
+    quantized = sparse.quantize(docs)  # Lucene-style integer impacts
+    sparse.write_sparse(
+        str(tmp_path / "vecs"),
+        doc_ids,
+        quantized,
+        docs.shape[1],
+        metadata={"weight_format": "impact", "model": "bm25"},
+    )
+    index = InvertedIndex.from_sparse(str(tmp_path / "vecs"))
+    # integers kept exactly: scale 1, the narrowest integer type that holds them
+    assert index.meta.scale == 1.0
+    assert index.meta.quantization == ("uint8" if quantized.data.max() <= 255 else "uint16")
+    assert index.meta.metadata["weight_format"] == "impact"
+    _, queries = bm25_queries("cacm", "test")
+    _got_ids, got_scores = index.search(queries[0].indices, queries[0].data, 10)
+    exp = (quantized.astype(np.float64) @ queries[0].astype(np.float64).T).toarray().ravel()
+    assert np.array_equal(got_scores, np.sort(exp)[::-1][:10])
+
+
+def test_merge_topk_of_partitions_equals_one_index(random_setup):
+    docs, ids, queries = random_setup
+    whole = InvertedIndex.build(docs, ids)
+    parts = [np.arange(i, docs.shape[0], 3) for i in range(3)]  # hash-like partition
+    # partitions must share one quantization scale (each would otherwise fit its own maximum)
+    shards = [InvertedIndex.build(docs[p], [ids[i] for i in p], scale=whole.meta.scale) for p in parts]
+    for qi in range(queries.shape[0]):
+        q = queries[qi]
+        partials = [s.search(q.indices, q.data, 20) for s in shards]
+        merged = merge_topk(partials, 20)
+        single = whole.search(q.indices, q.data, 20)
+        assert merged[0] == single[0]
+        np.testing.assert_array_equal(merged[1], single[1])
+    assert merge_topk([(["a", "b"], [2.0, 1.0]), (["a"], [2.0])], 5)[0] == ["a", "b"]  # replicas deduplicated
+    with pytest.raises(ValueError):
+        merge_topk([], 0)
+
+
+def test_query_errors(random_setup):
+    docs, ids, _ = random_setup
+    index = InvertedIndex.build(docs, ids)
+    with pytest.raises(QueryError, match=r"term id 3000 outside the vocabulary \[0, 3000\)"):
+        index.search([1, 3000], [1.0, 1.0])
+    with pytest.raises(QueryError, match="term id -1"):
+        index.search([-1], [1.0])
+    with pytest.raises(QueryError, match="weight nan"):
+        index.search([1, 2], [1.0, float("nan")])
+    with pytest.raises(QueryError, match=r"weight -0\.5"):
+        index.search([1], [-0.5])
+    with pytest.raises(QueryError, match="weight inf"):
+        index.search([1], [float("inf")])
+    for k in (0, -3):
+        with pytest.raises(QueryError, match="k must be a positive integer"):
+            index.search([1], [1.0], k)
+    with pytest.raises(QueryError, match="equal-length"):
+        index.search([1, 2], [1.0])
+    with pytest.raises(QueryError, match="alpha"):
+        index.search([1], [1.0], alpha=1.5)
+    with pytest.raises(QueryError, match="term id 3000"):
+        index.batch_search(sp.csr_matrix(([1.0], ([0], [3000])), shape=(1, 4000)))
+    # empty queries, zero weights, duplicates
+    assert index.search([], [], 10)[0] == []
+    assert index.search([5], [0.0], 10)[0] == []
+    a = index.search([5, 5], [0.5, 0.5], 10)
+    b = index.search([5], [1.0], 10)
+    assert a[0] == b[0]
+
+
+def corrupt(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["entry_post", "post_imp", "term_ptr"])
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_shard_files_are_named(random_setup, tmp_path, name, how):
+    docs, ids, _ = random_setup
+    InvertedIndex.build(docs, ids).save(str(tmp_path / "shard"))
+    corrupt(tmp_path / "shard" / f"{name}.npy", how)
+    with pytest.raises(IndexFormatError, match=rf"{name}\.npy: .*(truncated|corrupt)"):
+        InvertedIndex.load(str(tmp_path / "shard"))
+
+
+def test_inconsistent_shard_is_caught_even_without_checksums(random_setup, tmp_path):
+    docs, ids, _ = random_setup
+    index = InvertedIndex.build(docs, ids)
+    index.arrays["entry_post"] = index.arrays["entry_post"].copy()
+    index.arrays["entry_post"][5] = index.arrays["entry_post"][4]  # an entry with no postings
+    index.save(str(tmp_path / "shard"))  # checksums are of the bad data, so only structure can catch it
+    with pytest.raises(IndexFormatError, match=r"entry_post\.npy: entries must own at least one posting"):
+        InvertedIndex.load(str(tmp_path / "shard"), verify=False)
+    os.remove(tmp_path / "shard" / "shard.json")
+    with pytest.raises(IndexFormatError, match="build never finished"):
+        InvertedIndex.load(str(tmp_path / "shard"))
+
+
+def test_stats(random_setup):
+    docs, ids, _ = random_setup
+    stats = InvertedIndex.build(docs, ids).stats()
+    assert stats["docs"] == 5000 and stats["postings"] <= docs.nnz and stats["bytes_per_doc"] > 0
