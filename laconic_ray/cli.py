@@ -54,7 +54,10 @@ STAGES: dict[str, Stage] = {
         issue="the training-data issue",
     ),
     "encode": Stage(
-        "encode a corpus or queries with Ray Data into sparse Parquet shards", issue="the encoding issue"
+        "encode a corpus or queries with Ray Data into sparse Parquet shards",
+        schema="laconic_ray.config:EncodeConfig",
+        runner="laconic_ray.distributed.encode:run_encode",
+        default_conf="conf/encode.yaml",
     ),
     "index": Stage("build partitioned inverted-index shards on CPU Ray actors", issue="the serving issue"),
     "serve": Stage(

@@ -214,3 +214,68 @@ class ModelConfig:
         )
         check(self.top_k is None or self.top_k > 0, "top_k", "must be > 0 or null (keep every weight)")
         check(self.vocab_chunk > 0, "vocab_chunk", "must be > 0")
+
+
+@dataclasses.dataclass
+class RayConfig:
+    """Where stages run: a local in-process cluster by default, or an existing one (``address: auto``)."""
+
+    address: str | None = (
+        None  # None: start a local cluster in-process; "auto" or "ray://host:10001": connect
+    )
+    num_cpus: int | None = None  # local cluster only: logical CPUs (default: the machine's)
+    object_store_memory: int | None = None  # local cluster only, bytes
+    include_dashboard: bool = False  # local cluster only; binds 127.0.0.1
+
+    def validate(self) -> None:
+        check(self.num_cpus is None or self.num_cpus > 0, "num_cpus", "must be > 0")
+
+
+BAD_ROW_POLICIES = ("reject", "raise")
+
+
+@dataclasses.dataclass
+class EncodeConfig:
+    """``laconic encode``: a corpus (or queries) -> sparse Parquet parts + manifest, on a Ray Data actor pool."""
+
+    model: str = ""  # laconic checkpoint: local dir, hub id or s3:// URI
+    corpus: str = ""  # a .jsonl/.jsonl.gz/.parquet file or a folder of them (local or s3://), or a BEIR name
+    output: str = ""  # folder or s3:// prefix for parts/, rejects/ and manifest.json
+    data_root: str | None = None  # where a bare collection name is looked up (default $LACONIC_DATA)
+    kind: str = "passage"  # passage | query: which prefix and max length the tokenizer applies
+    batch_size: int = 32  # texts per forward pass (sorted by length within each shard)
+    top_k: int | None = 512  # weights kept per vector; null keeps every weight > 0
+    quantize: bool = False  # store integer impacts round(impact_scale * w) (weight_format "impact")
+    impact_scale: float = 100.0
+    shard_bytes: int = (
+        16 * 1024 * 1024
+    )  # input bytes per shard (a .gz file or a Parquet row group is one shard)
+    num_actors: int = 1  # encoder actors (each loads the model once)
+    num_gpus_per_actor: float = 0.0  # > 0 on GPU clusters
+    num_cpus_per_actor: float = 1.0  # also the torch threads of a CPU actor
+    device: str = "auto"  # auto (cuda when the actor has a GPU) | cpu | cuda
+    dtype: str | None = None  # override the checkpoint's dtype (bfloat16 on GPUs)
+    on_bad_row: str = "reject"  # reject: write rejects/ with reasons and go on | raise: stop at the first
+    max_retries: int = 3  # restarts of a failed actor and retries of its shard
+    overwrite: bool = False  # rewrite a finished output (never done silently)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        check(bool(self.model), "model", "give the checkpoint to encode with (model=<dir, hub id or s3://>)")
+        check(bool(self.corpus), "corpus", "give the corpus file or folder (corpus=<uri>)")
+        check(bool(self.output), "output", "give the output folder (output=<uri>)")
+        check(self.kind in ("passage", "query"), "kind", "must be passage or query")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.top_k is None or self.top_k > 0, "top_k", "must be > 0 or null")
+        check(self.impact_scale > 0, "impact_scale", "must be > 0")
+        check(self.shard_bytes >= 1024, "shard_bytes", "must be >= 1024")
+        check(self.num_actors > 0, "num_actors", "must be > 0")
+        check(
+            self.num_gpus_per_actor >= 0 and self.num_cpus_per_actor > 0,
+            "num_cpus_per_actor",
+            "CPUs must be > 0 and GPUs >= 0",
+        )
+        check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
+        check(self.on_bad_row in BAD_ROW_POLICIES, "on_bad_row", f"must be one of {BAD_ROW_POLICIES}")
+        check(self.max_retries >= 0, "max_retries", "must be >= 0")

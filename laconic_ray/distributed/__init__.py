@@ -1,0 +1,1 @@
+"""Ray glue: the only package that imports ray. It moves data and calls the library; logic lives elsewhere."""

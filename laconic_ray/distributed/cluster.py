@@ -1,0 +1,43 @@
+"""Connect to Ray, or start a local cluster in-process, from a ``RayConfig``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from laconic_ray.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def worker_env() -> dict | None:
+    """A runtime env carrying the driver's ``LACONIC_*`` and ``AWS_*`` variables to the workers it starts
+    (a cluster's workers were started before the job and do not see the driver's environment otherwise)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("LACONIC_", "AWS_"))}
+    return {"env_vars": env} if env else None
+
+
+def ensure_ray(config: RayConfig) -> None:
+    """Use the running Ray (a job on a cluster, a test session), else connect or start as configured.
+
+    Workers inherit ``LACONIC_*`` and ``AWS_*`` variables from the driver through the job's runtime env, so
+    that data roots and object-storage endpoints mean the same everywhere.
+    """
+    if ray.is_initialized():
+        return
+    runtime_env = worker_env()
+    if config.address:
+        log.info("connecting to Ray at %s", config.address)
+        ray.init(address=config.address, runtime_env=runtime_env, configure_logging=False)
+        return
+    log.info("starting a local Ray cluster (num_cpus=%s)", config.num_cpus)
+    ray.init(
+        num_cpus=config.num_cpus,
+        object_store_memory=config.object_store_memory,
+        include_dashboard=config.include_dashboard,
+        dashboard_host="127.0.0.1",
+        runtime_env=runtime_env,
+        configure_logging=False,
+    )
