@@ -51,7 +51,9 @@ STAGES: dict[str, Stage] = {
     ),
     "mine": Stage(
         "weak pairs (phase 1) and hard negatives (phase 2) as training examples",
-        issue="the training-data issue",
+        schema="laconic_ray.config:MineConfig",
+        runner="laconic_ray.data.mining:run_mine",
+        default_conf="conf/mine.yaml",
     ),
     "encode": Stage(
         "encode a corpus or queries with Ray Data into sparse Parquet shards",

@@ -279,3 +279,65 @@ class EncodeConfig:
         check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         check(self.on_bad_row in BAD_ROW_POLICIES, "on_bad_row", f"must be one of {BAD_ROW_POLICIES}")
         check(self.max_retries >= 0, "max_retries", "must be >= 0")
+
+
+@dataclasses.dataclass
+class MineConfig:
+    """``laconic mine``: training examples from a BEIR collection (phase 1 weak pairs, phase 2 hard negatives)."""
+
+    dataset: str = ""  # BEIR collection: a name under $LACONIC_DATA, a path or s3:// URI
+    data_root: str | None = None
+    output: str = ""  # examples folder (Parquet parts + manifest)
+    phase: int = 2  # 1: weak pairs, in-batch negatives only | 2: hard negatives from a retriever
+    split: str = "train"  # qrels split whose queries are mined (phase 2) or paired (phase 1 extra pairs)
+    force: bool = False  # allow mining a split named "test" (never train on test data)
+    seed: int = 0
+    # phase 1
+    weak_sources: list[str] = dataclasses.field(default_factory=lambda: ["title_body", "first_sentence"])
+    pairs: list[str] = dataclasses.field(default_factory=list)  # extra JSONL files of {query, positive}
+    include_split_pairs: bool = False  # phase 1: also the (query, positive) pairs of `split`'s qrels
+    min_query_chars: int = 10
+    max_query_chars: int = 500
+    min_positive_chars: int = 50
+    max_positive_chars: int = 8000
+    max_pairs: int | None = None  # sample this many pairs (seeded, deterministic)
+    # phase 2
+    retriever: str = "bm25"  # bm25 (pyserini/Lucene) | model (a checkpoint through our own index)
+    model: str = ""  # checkpoint for retriever=model
+    depth: int = 100  # candidates retrieved per query
+    window_start: int = 0  # negatives are sampled from candidate ranks [window_start, window_end)
+    window_end: int = 100
+    num_negatives: int = 15  # LACONIC phase 2: 1 positive + 15 negatives
+    false_negative_margin: float = 0.95  # drop candidates scoring >= margin x the positive's score (0: off)
+    rescorer: str = ""  # "module:function" hook: (query, positive, candidates) -> keep flags
+    fill: str = "none"  # none: report queries with too few candidates | random: top up with random passages
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    threads: int = 2
+    batch_size: int = 32  # retriever=model: encoding batch
+    index_cache: str | None = None  # where BM25 indexes are cached (default ~/.cache/laconic_ray/lucene)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def validate(self) -> None:
+        check(bool(self.dataset), "dataset", "name the BEIR collection to mine (dataset=<name or path>)")
+        check(bool(self.output), "output", "give the output folder (output=<uri>)")
+        check(self.phase in (1, 2), "phase", "must be 1 (weak pairs) or 2 (hard negatives)")
+        check(
+            self.split.lower() != "test" or self.force,
+            "split",
+            "refusing to mine the test split (it would leak evaluation data into training); force=true overrides",
+        )
+        check(self.retriever in ("bm25", "model"), "retriever", "must be bm25 or model")
+        check(
+            self.retriever != "model" or bool(self.model), "model", "retriever=model needs model=<checkpoint>"
+        )
+        check(self.depth > 0, "depth", "must be > 0")
+        check(
+            0 <= self.window_start < self.window_end <= self.depth,
+            "window_start",
+            "need 0 <= window_start < window_end <= depth",
+        )
+        check(self.num_negatives > 0, "num_negatives", "must be > 0")
+        check(0 <= self.false_negative_margin <= 1, "false_negative_margin", "must be in [0, 1]")
+        check(self.fill in ("none", "random"), "fill", "must be none or random")
+        check(self.max_pairs is None or self.max_pairs > 0, "max_pairs", "must be > 0 or null")

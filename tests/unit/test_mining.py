@@ -1,0 +1,195 @@
+"""Training data: hard negatives on SciFact train through real BM25 (pyserini), weak pairs, guard rails."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from laconic_ray.config import ConfigError, MineConfig, load_config
+from laconic_ray.data import lucene
+from laconic_ray.data.beir import BeirDataset
+from laconic_ray.data.examples import EXAMPLES_KIND, read_examples
+from laconic_ray.data.mining import filter_candidates, run_mine
+from laconic_ray.storage import read_manifest
+
+
+def mine(output, *overrides):
+    return run_mine(load_config(MineConfig, "conf/mine.yaml", [f"output={output}", *overrides]))
+
+
+@pytest.fixture(scope="module")
+def scifact_negatives(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("mine") / "neg"
+    summary = mine(str(out), "dataset=scifact", "phase=2", "split=train")
+    return str(out), summary
+
+
+def test_every_example_has_one_positive_and_fifteen_clean_negatives(scifact_negatives):
+    out, summary = scifact_negatives
+    ds = BeirDataset("scifact")
+    train, test = ds.qrels("train"), ds.qrels("test")
+    examples = list(read_examples(out))
+    assert len(examples) == summary["examples"] > 700
+    for ex in examples:
+        assert len(ex.negative_ids) == len(ex.negatives) == 15 and len(set(ex.negative_ids)) == 15
+        judged = {d for d, rel in train[ex.query_id].items() if rel > 0}
+        assert ex.positive_id in judged and not judged & set(ex.negative_ids)
+        assert ex.query_id not in test  # no test query leaks into training data
+        assert ex.source == "bm25:scifact/train"
+    # nothing silently dropped: every judged pair is either an example or counted as skipped
+    pairs = sum(1 for q in train.values() for rel in q.values() if rel > 0)
+    assert (
+        summary["examples"] + sum(summary["skipped"].values())
+        >= pairs - summary["skipped"]["query_text_missing"]
+    )
+    assert sum(summary["positive_rank"].values()) == pairs
+    assert read_manifest(out, kind=EXAMPLES_KIND).metadata["num_negatives"] == 15
+
+
+def test_same_seed_same_output_other_seed_other_output(scifact_negatives, tmp_path):
+    out, _ = scifact_negatives
+    again = tmp_path / "again"
+    mine(str(again), "dataset=scifact", "phase=2")
+    assert [e.__dict__ for e in read_examples(out)] == [e.__dict__ for e in read_examples(str(again))]
+    other = tmp_path / "other"
+    mine(str(other), "dataset=scifact", "phase=2", "seed=1")
+    first = {e.query_id + e.positive_id: e.negative_ids for e in read_examples(out)}
+    second = {e.query_id + e.positive_id: e.negative_ids for e in read_examples(str(other))}
+    assert first.keys() == second.keys() and first != second
+
+
+def test_bm25_top1_matches_pyserini_directly(scifact_negatives, data_root):
+    ds = BeirDataset("scifact")
+    index = lucene.build_bm25_index(ds)  # cached by the mining run
+    searcher = lucene.import_pyserini().LuceneSearcher(index)
+    searcher.set_bm25(0.9, 0.4)
+    ours = lucene.BM25(index)
+    queries = list(ds.queries("train"))[:25]
+    batch = ours.batch_search([q.text for q in queries], [q.id for q in queries], 10)
+    for q in queries:
+        direct = searcher.search(q.text, k=1)
+        assert batch[q.id][0][0] == direct[0].docid
+        assert batch[q.id][0][1] == pytest.approx(direct[0].score)
+
+
+def test_no_placeholder_key_leaks_into_the_environment(scifact_negatives):
+    lucene.import_pyserini()
+    assert "OPENAI_API_KEY" not in os.environ
+
+
+def test_java_discovery(monkeypatch, tmp_path):
+    def jdk(name, version):
+        home = tmp_path / name
+        home.mkdir()
+        (home / "release").write_text(f'JAVA_VERSION="{version}"\n')
+        return str(home)
+
+    old, new = jdk("jdk17", "17.0.15"), jdk("jdk25", "25.0.1")
+    monkeypatch.setattr(lucene, "JVM_ROOTS", (str(tmp_path),))
+    monkeypatch.setenv("JAVA_HOME", old)
+    assert lucene.find_java_home() == new  # JAVA_HOME too old: the newest good one instead
+    monkeypatch.setenv("JAVA_HOME", new)
+    assert lucene.find_java_home() == new
+    os.remove(os.path.join(new, "release"))
+    monkeypatch.setenv("JAVA_HOME", old)
+    with pytest.raises(
+        lucene.JavaNotFoundError, match=r"needs Java 21\+; found: JAVA_HOME=.*jdk17 \(Java 17\)"
+    ):
+        lucene.find_java_home()
+
+
+def test_mining_the_test_split_is_refused_unless_forced(tmp_path):
+    with pytest.raises(ConfigError, match="split: refusing to mine the test split"):
+        load_config(MineConfig, "conf/mine.yaml", ["dataset=scifact", f"output={tmp_path}", "split=test"])
+    load_config(
+        MineConfig, "conf/mine.yaml", ["dataset=scifact", f"output={tmp_path}", "split=test", "force=true"]
+    )
+
+
+def test_filter_candidates():
+    ranked = [("a", 10.0), ("pos", 9.0), ("b", 8.9), ("c", 5.0), ("d", 4.0), ("e", 1.0)]
+    pool, dropped = filter_candidates(ranked, {"pos"}, 9.0, window=(0, 5), margin=0.95)
+    # a and b score >= 0.95 * 9.0 (likely false negatives); e is outside the window
+    assert pool == ["c", "d"] and dropped == {"judged": 1, "margin": 2}
+    assert filter_candidates(ranked, {"pos"}, 9.0, window=(0, 6), margin=0.0)[0] == ["a", "b", "c", "d", "e"]
+
+
+def keep_none(query, positive, candidates):
+    return [False] * len(candidates)
+
+
+def test_rescorer_hook_and_problem_queries_are_reported(tmp_path):
+    root = tmp_path / "mini"
+    (root / "qrels").mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": "", "text": f"apples and oranges number {i} " * 3} for i in range(40)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = [
+        {"_id": "q1", "text": "apples oranges"},
+        {"_id": "q2", "text": "apples"},
+        {"_id": "q3", "text": "oranges"},
+    ]
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t0\nq3\tmissing\t1\nq9\td3\t1\n"
+    )
+    cache = str(tmp_path / "lucene")
+    summary = mine(
+        str(tmp_path / "out"),
+        f"dataset={root}",
+        f"index_cache={cache}",
+        "depth=40",
+        "window_end=40",
+        "false_negative_margin=0",
+    )
+    assert summary["examples"] == 1
+    assert summary["skipped"] == {
+        "no_judged_positive": 1,
+        "positive_not_in_corpus": 1,
+        "too_few_candidates": 0,
+        "query_text_missing": 1,
+    }
+    reasons = (tmp_path / "out" / "skipped.jsonl").read_text()
+    assert "no judged positive" in reasons and "not in the corpus" in reasons
+    hooked = mine(
+        str(tmp_path / "hooked"),
+        f"dataset={root}",
+        f"index_cache={cache}",
+        "depth=40",
+        "window_end=40",
+        "false_negative_margin=0",
+        "rescorer=tests.unit.test_mining:keep_none",
+    )
+    assert hooked["examples"] == 0 and hooked["skipped"]["too_few_candidates"] == 1
+    assert hooked["dropped_candidates"]["rescorer"] > 15
+    filled = mine(
+        str(tmp_path / "filled"),
+        f"dataset={root}",
+        f"index_cache={cache}",
+        "depth=40",
+        "window_end=40",
+        "rescorer=tests.unit.test_mining:keep_none",
+        "fill=random",
+    )
+    assert filled["examples"] == 1
+
+
+@pytest.mark.parametrize("name", ["cacm", "cranfield"])
+def test_weak_pairs_counts_and_determinism(name, tmp_path, data_root):
+    a = mine(str(tmp_path / "a"), f"dataset={name}", "phase=1")
+    b = mine(str(tmp_path / "b"), f"dataset={name}", "phase=1")
+    assert a["examples"] == b["examples"] > 500
+    assert [e.__dict__ for e in read_examples(str(tmp_path / "a"))] == [
+        e.__dict__ for e in read_examples(str(tmp_path / "b"))
+    ]
+    assert a["candidates"] == a["examples"] + a.get("filtered_length", 0) + a.get("duplicates", 0)
+    examples = list(read_examples(str(tmp_path / "a")))
+    assert all(e.negative_ids == [] and e.query and e.positive for e in examples)
+    assert {e.source for e in examples} <= {"weak:title_body", "weak:first_sentence"}
+    sampled = mine(str(tmp_path / "c"), f"dataset={name}", "phase=1", "max_pairs=100", "seed=3")
+    again = mine(str(tmp_path / "d"), f"dataset={name}", "phase=1", "max_pairs=100", "seed=3")
+    assert sampled["examples"] == again["examples"] == 100
+    assert [e.query_id for e in read_examples(str(tmp_path / "c"))] == [
+        e.query_id for e in read_examples(str(tmp_path / "d"))
+    ]
