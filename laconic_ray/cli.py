@@ -47,7 +47,10 @@ STAGES: dict[str, Stage] = {
         default_conf="conf/quickstart.yaml",
     ),
     "train": Stage(
-        "two-phase curriculum on Ray Train (phase 0/1/2, FSDP, resume)", issue="the curriculum issue"
+        "two-phase curriculum on Ray Train (phase 0/1/2, FSDP, resume)",
+        schema="laconic_ray.config:TrainConfig",
+        runner="laconic_ray.distributed.train:run_train",
+        default_conf="conf/train/tiny.yaml",
     ),
     "mine": Stage(
         "weak pairs (phase 1) and hard negatives (phase 2) as training examples",
@@ -72,7 +75,10 @@ STAGES: dict[str, Stage] = {
         "nDCG@10 / Recall@100 / MRR@10 of a run against qrels; BM25 reference", issue="the evaluation issue"
     ),
     "plan": Stage(
-        "per-GPU memory plan of a training config (FSDP, activations)", issue="the curriculum issue"
+        "per-GPU memory plan of a training config (FSDP, activations)",
+        schema="laconic_ray.config:PlanConfig",
+        runner="laconic_ray.training.plan:run_plan",
+        default_conf="conf/train/llama3-8b.yaml",
     ),
     "export": Stage(
         "export vectors to Anserini JsonVectorCollection or Seismic format", issue="the evaluation issue"

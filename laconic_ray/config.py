@@ -67,13 +67,23 @@ def _load_yaml(path: str, seen: tuple[str, ...] = ()) -> DictConfig:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}: top level must be a mapping of keys")
+    return _resolve_bases(node, path, (*seen, path))
+
+
+def _resolve_bases(node: DictConfig, path: str, seen: tuple[str, ...]) -> DictConfig:
+    """Merge ``_base_`` files (relative to ``path``) under the mapping that names them, at any depth, so a
+    training preset can say ``model: {_base_: ../model/llama3-8b.yaml}``."""
+    for key in list(node.keys()):
+        child = node[key]
+        if isinstance(child, DictConfig):
+            node[key] = _resolve_bases(child, path, seen)
     bases = node.pop(BASE_KEY, None)
     if bases is None:
         return node
     bases = [bases] if isinstance(bases, str) else list(bases)
     merged = OmegaConf.create()
     for base in bases:
-        merged = OmegaConf.merge(merged, _load_yaml(os.path.join(os.path.dirname(path), base), (*seen, path)))
+        merged = OmegaConf.merge(merged, _load_yaml(os.path.join(os.path.dirname(path), base), seen))
     return OmegaConf.merge(merged, node)
 
 
@@ -341,3 +351,183 @@ class MineConfig:
         check(0 <= self.false_negative_margin <= 1, "false_negative_margin", "must be in [0, 1]")
         check(self.fill in ("none", "random"), "fill", "must be none or random")
         check(self.max_pairs is None or self.max_pairs > 0, "max_pairs", "must be > 0 or null")
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """LoRA adapters for one phase (peft). LACONIC: r32/a64 (8B: r16/a32), dropout 0.1, all projections."""
+
+    enabled: bool = True
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.1
+    target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def validate(self) -> None:
+        check(self.r > 0 and self.alpha > 0, "r", "LoRA rank and alpha must be > 0")
+        check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+
+
+PHASES = (0, 1, 2)
+
+
+@dataclasses.dataclass
+class PhaseConfig:
+    """One phase of the curriculum: its data, schedule, batch layout, regularisation and adapters.
+
+    Batch arithmetic: every optimizer step consumes ``queries_per_step`` queries globally, as
+    ``queries_per_step / (num_workers * micro_batch_queries)`` accumulation micro-steps; each micro-step
+    scores a worker's queries against ``group_size`` passages each, gathered from every worker.
+    """
+
+    enabled: bool = True
+    data: str = ""  # examples folder written by `laconic mine` (phase 0: a corpus file or folder)
+    steps: int | None = None  # optimizer steps; null: `epochs` passes over the data
+    epochs: float = 1.0
+    lr: float = 1e-4
+    warmup_ratio: float = 0.05  # linear warm-up over this share of the steps, then cosine decay to 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    queries_per_step: int = 2048  # global, per optimizer step
+    micro_batch_queries: int = 64  # per worker and micro-step
+    group_size: int = (
+        1  # passages per query: 1 = positive only (in-batch negatives); 16 = 1 + 15 hard negatives
+    )
+    query_max_length: int = 64
+    passage_max_length: int = 192
+    flops_query: float = 5e-4
+    flops_passage: float = 5e-4
+    flops_ramp: int = 1000  # quadratic ramp of both FLOPS weights, in micro-steps (LACONIC's code's unit)
+    temperature: float = 1.0
+    gather_negatives: bool = True  # score against every worker's passages (and scale the loss by world size)
+    saturation_weight: float = 1.0  # phase 0 only: weight of the log-saturation term next to the LM loss
+    seed: int = 0
+    num_workers: int | None = None  # this phase's world size (default scaling.num_workers)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        check(self.steps is None or self.steps > 0, "steps", "must be > 0 or null")
+        check(self.epochs > 0, "epochs", "must be > 0")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        check(
+            self.queries_per_step > 0 and self.micro_batch_queries > 0,
+            "queries_per_step",
+            "batch sizes must be > 0",
+        )
+        check(self.group_size >= 1, "group_size", "must be >= 1")
+        check(self.flops_query >= 0 and self.flops_passage >= 0, "flops_query", "FLOPS weights must be >= 0")
+        check(self.temperature > 0, "temperature", "must be > 0")
+
+
+@dataclasses.dataclass
+class ScalingSettings:
+    """Ray Train workers. On GPU clusters: use_gpu=true, one worker per GPU, FSDP across them."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used when use_gpu
+    resources_per_worker: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # e.g. {"accelerator": 1}
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    gpu_memory_gb: float = 80.0  # per GPU, for `laconic plan`
+
+    def validate(self) -> None:
+        check(self.num_workers > 0, "num_workers", "must be > 0")
+        check(
+            self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+            "placement_strategy",
+            "must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD",
+        )
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """``laconic train``: the curriculum (optional phase 0, phase 1, phase 2), one Ray Train run per phase."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    output: str = ""  # run root (local or s3://): <output>/phase<N>/model is each phase's export
+    name: str = (
+        "laconic"  # run name; rerunning with the same name and output resumes from the last checkpoint
+    )
+    phase: int | None = None  # run only this phase (its predecessor's export must exist); null: all enabled
+    phase0: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(enabled=False))
+    phase1: PhaseConfig = dataclasses.field(default_factory=PhaseConfig)
+    phase2: PhaseConfig = dataclasses.field(
+        default_factory=lambda: PhaseConfig(
+            lr=5e-5,
+            queries_per_step=128,
+            micro_batch_queries=8,
+            group_size=16,
+            query_max_length=192,
+            flops_query=1e-3,
+            flops_passage=1e-3,
+            flops_ramp=100,
+        )
+    )
+    scaling: ScalingSettings = dataclasses.field(default_factory=ScalingSettings)
+    parallelism: str = "auto"  # auto (fsdp on GPUs, ddp otherwise) | fsdp | ddp
+    mixed_precision: str = "bf16"  # bf16 | fp16 | none: FSDP compute dtype on GPUs (parameters kept in fp32)
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 100  # optimizer steps between sharded checkpoints
+    keep_checkpoints: int = 2
+    max_failures: int = 3  # worker failures survived per phase (restart from the last checkpoint)
+    log_every: int = 10  # optimizer steps between log lines
+    trace_dir: str | None = (
+        None  # local folder: record the examples each worker applied per micro-step (tests)
+    )
+    probe_texts: list[str] = dataclasses.field(
+        default_factory=list
+    )  # encoded by the trained model at the end
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        check(bool(self.output), "output", "give the run's output folder or s3:// prefix (output=<uri>)")
+        check(bool(self.name), "name", "must not be empty")
+        check(
+            self.phase is None or self.phase in PHASES,
+            "phase",
+            "must be 0, 1, 2 or null (all enabled phases)",
+        )
+        check(self.parallelism in ("auto", "fsdp", "ddp"), "parallelism", "must be auto, fsdp or ddp")
+        check(
+            self.mixed_precision in ("bf16", "fp16", "none"), "mixed_precision", "must be bf16, fp16 or none"
+        )
+        check(self.checkpoint_every > 0 and self.keep_checkpoints > 0, "checkpoint_every", "must be > 0")
+        check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        for index in PHASES:
+            phase = getattr(self, f"phase{index}")
+            if (self.phase == index or (self.phase is None and phase.enabled)) and index > 0:
+                check(
+                    bool(phase.data),
+                    f"phase{index}.data",
+                    "give the examples folder written by `laconic mine`",
+                )
+
+    def phases(self) -> list[int]:
+        """The phases this run executes, in order."""
+        if self.phase is not None:
+            return [self.phase]
+        return [i for i in PHASES if getattr(self, f"phase{i}").enabled]
+
+
+@dataclasses.dataclass
+class PlanConfig(TrainConfig):
+    """``laconic plan``: a training config, planned rather than run (no data or output needed)."""
+
+    def validate(self) -> None:
+        check(
+            self.phase is None or self.phase in PHASES,
+            "phase",
+            "must be 0, 1, 2 or null (all enabled phases)",
+        )
+        check(
+            bool(self.model.architecture),
+            "model.architecture",
+            "planning needs the architecture (the presets in conf/model/ carry it)",
+        )

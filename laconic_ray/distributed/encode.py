@@ -155,7 +155,9 @@ def _run_pipeline(
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"settings": settings},
-        num_cpus=0.25,
+        # Parsing is light. No CPU reservation keeps it schedulable next to encoder actors that hold every
+        # CPU; with one, the read stage would wait forever and the actors would never get a shard.
+        num_cpus=0,
         runtime_env=runtime_env,
     )
     with warnings.catch_warnings():

@@ -103,6 +103,38 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}") from None
 
 
+class SegmentMax(torch.autograd.Function):
+    """Max over consecutive row segments of a [n, chunk] matrix -> [segments, chunk] (``-inf`` if empty).
+
+    Autograd of per-segment slicing would build one [n, chunk] zero gradient per segment (quadratic); this
+    keeps the argmax rows and scatters the incoming gradient into a single [n, chunk] tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+        rows = len(bounds) - 1
+        values = logits.new_full((rows, logits.shape[1]), -torch.inf)
+        argmax = torch.zeros((rows, logits.shape[1]), dtype=torch.long, device=logits.device)
+        for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            if hi > lo:
+                torch.max(logits[lo:hi], dim=0, out=(values[i], argmax[i]))
+                argmax[i] += lo
+        ctx.save_for_backward(argmax)
+        ctx.n = logits.shape[0]
+        ctx.empty = [i for i, (lo, hi) in enumerate(itertools.pairwise(bounds)) if hi == lo]
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (argmax,) = ctx.saved_tensors
+        if ctx.empty:
+            grad = grad.clone()
+            grad[ctx.empty] = 0  # an empty segment's -inf has no source row
+        out = grad.new_zeros((ctx.n, grad.shape[1]))
+        out.scatter_add_(0, argmax, grad)
+        return out, None
+
+
 def max_pool_logits(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -133,16 +165,10 @@ def max_pool_logits(
     if per_row:
         flat = hidden[pool_mask]  # [n_pooled, hidden], rows in order (boolean indexing is row-major)
         bounds = [0, *torch.cumsum(pool_mask.sum(dim=1), 0).tolist()]
-        spans = list(itertools.pairwise(bounds))
         for start in range(0, vocab, chunk):
             b = None if bias is None else bias[start : start + chunk]
             logits = torch.nn.functional.linear(flat, weight[start : start + chunk], b)  # [n_pooled, chunk]
-            width = logits.shape[1]
-            rows = [
-                logits[lo:hi].amax(dim=0) if hi > lo else logits.new_full((width,), -torch.inf)
-                for lo, hi in spans
-            ]
-            pieces.append(torch.stack(rows).float() if rows else logits.new_zeros((0, width)).float())
+            pieces.append(SegmentMax.apply(logits, bounds).float())
     else:
         masked = ~pool_mask.unsqueeze(-1)  # [B, T, 1]
         for start in range(0, vocab, chunk):

@@ -15,7 +15,11 @@ import pytest
 def ray_session():
     import ray
 
+    from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    for key, value in LOCAL_RAY_ENV.items():  # workers inherit the driver's environment at ray.init
+        os.environ.setdefault(key, value)
     if not ray.is_initialized():
         ray.init(
             num_cpus=4,

@@ -79,7 +79,10 @@ def test_encode_locally_equals_in_process_encoding(ray_session, model_dir, corpu
 def test_encode_to_s3(ray_session, model_dir, corpus, s3_bucket):
     base, options = s3_bucket
     out = storage.join(base, "vecs")
-    summary = encode(model_dir, corpus, out, **{"storage.endpoint_url": options.endpoint_url})
+    # the actor takes every CPU of the test cluster: the read stage must still run (it once deadlocked)
+    summary = encode(
+        model_dir, corpus, out, num_cpus_per_actor=4, **{"storage.endpoint_url": options.endpoint_url}
+    )
     assert summary["documents"] == N_DOCS
     assert_matches_reference(out, options, model_dir, corpus)
 

@@ -109,3 +109,11 @@ def test_storage_options_take_endpoint_from_env(monkeypatch):
     assert StorageConfig().options().s3_kwargs()["endpoint_url"] == "http://127.0.0.1:9"
     explicit = StorageConfig(endpoint_url="http://minio:9000").options().s3_kwargs()
     assert explicit["endpoint_url"] == "http://minio:9000"
+
+
+def test_nested_base_is_merged_under_its_key(tmp_path):
+    (tmp_path / "model").mkdir()
+    write(tmp_path, "model/inner.yaml", "lr: 0.25\nsteps: 3\n")
+    path = write(tmp_path, "outer.yaml", "name: nested\ninner:\n  _base_: model/inner.yaml\n  steps: 9\n")
+    cfg = load_config(Outer, path)
+    assert (cfg.name, cfg.inner.lr, cfg.inner.steps) == ("nested", 0.25, 9)
