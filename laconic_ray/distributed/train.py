@@ -90,6 +90,7 @@ class PhasePlan:
     options: dict[str, Any]
     trace_dir: str | None = None
     probe_texts: tuple[str, ...] = ()
+    torch_threads: int | None = None  # CPU workers: one thread per reserved CPU
 
 
 def _steps(phase: PhaseConfig, examples: int, world: int) -> tuple[int, int]:
@@ -210,6 +211,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     lora = plan.phase["lora"]
     options = storage.StorageOptions(**plan.options)
     torch.manual_seed(phase.seed + rank)
+    if plan.torch_threads and device.type == "cpu":
+        torch.set_num_threads(plan.torch_threads)
 
     mode = "causal" if plan.index == 0 else model_config.mode
     settings = {

@@ -126,6 +126,7 @@ def train_phase(
     window: dict[str, float] = {}
     window_micro = 0
     window_tokens = 0
+    window_steps = 0
     window_started = time.perf_counter()
     while state.step < settings.total_steps:
         skip = state.batch_in_epoch
@@ -157,6 +158,7 @@ def train_phase(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
+            window_steps += 1
             finished = state.step >= settings.total_steps
             report: dict[str, Any] = {}
             if state.step % settings.log_every == 0 or finished or state.step == 1:
@@ -168,6 +170,7 @@ def train_phase(
                     lr=scheduler.get_last_lr()[0],
                     grad_norm=float(grad_norm),
                     tokens_per_s=window_tokens / elapsed,
+                    seconds_per_step=elapsed / window_steps,
                     phase=settings.phase,
                 )
                 if callbacks.rank == 0:
@@ -185,7 +188,7 @@ def train_phase(
                     )
                 if history is not None:
                     history.append(dict(report))
-                window, window_micro, window_tokens = {}, 0, 0
+                window, window_micro, window_tokens, window_steps = {}, 0, 0, 0
                 window_started = time.perf_counter()
             checkpoint = None
             if state.step % settings.checkpoint_every == 0 or finished:

@@ -1,0 +1,189 @@
+"""Our index engine side by side with the peer engines, on the same vectors, in one run.
+
+    /work/bench-venv/bin/python benchmarks/engines.py --docs 200000 --queries 1000
+    /work/bench-venv/bin/python benchmarks/engines.py --collections scifact,cacm,cranfield --engines laconic_ray,seismic
+
+(The peers are benchmark-only dependencies: ``pip install -e '.[bench]'``; see peers.py for each adapter.)
+
+Data: (a) ``synthetic.generate`` SPLADE-like vectors (Llama-3 vocabulary, ~120 non-zeros per document, ~30 per
+query, topic structure, Zipfian skew); (b) BM25-weighted vectors of the real test collections (BERT
+vocabulary, tests/vectors.py) with their test queries.
+
+Per engine and setting: build seconds, index bytes per document, single-thread latency (``search()``, one
+query at a time, median and p99 over every query after 50 warm-up queries), all-thread QPS
+(``batch_search`` with every core), and recall@10 against two exact references: float weights, and
+Lucene-style integer impacts round(100 w) on both sides (what quantized engines can at best reproduce).
+Results go to benchmarks/results/engines-<data>.json (one entry per engine, written as each finishes) and
+as a markdown table on stdout. Keep the machine otherwise idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+common.setup()
+
+import peers  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WARMUP = 50
+
+# (label, engine, knobs). Approximate engines appear at several settings (the latency-recall curve).
+SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("exhaustive (scipy)", "exhaustive", {}),
+    ("laconic_ray exact", "laconic_ray", {}),
+    ("laconic_ray alpha=0.95", "laconic_ray", {"mode": "approximate", "alpha": 0.95}),
+    ("laconic_ray alpha=0.9", "laconic_ray", {"mode": "approximate", "alpha": 0.9}),
+    ("laconic_ray alpha=0.8", "laconic_ray", {"mode": "approximate", "alpha": 0.8}),
+    ("laconic_ray alpha=0.7", "laconic_ray", {"mode": "approximate", "alpha": 0.7}),
+    ("laconic_ray alpha=0.6", "laconic_ray", {"mode": "approximate", "alpha": 0.6}),
+    ("seismic qc=3", "seismic", {"query_cut": 3, "heap_factor": 0.9}),
+    ("seismic qc=5", "seismic", {"query_cut": 5, "heap_factor": 0.9}),
+    ("seismic qc=8", "seismic", {"query_cut": 8, "heap_factor": 0.9}),
+    ("seismic qc=12", "seismic", {"query_cut": 12, "heap_factor": 0.9}),
+    ("bmp alpha=1", "bmp", {"alpha": 1.0, "beta": 1.0}),
+    ("bmp alpha=0.8 beta=0.8", "bmp", {"alpha": 0.8, "beta": 0.8}),
+    ("pisa maxscore", "pisa", {}),
+    ("lucene impact", "lucene", {}),
+]
+
+
+def exact_top10(docs: sp.csr_matrix, queries: sp.csr_matrix, integer: bool) -> list[set[int]]:
+    """Row numbers of the exact top 10 per query (float weights, or round(100 w) integers)."""
+    if integer:
+        docs = sp.csr_matrix((np.rint(docs.data * 100), docs.indices, docs.indptr), shape=docs.shape)
+        queries = sp.csr_matrix((np.rint(queries.data * 100), queries.indices, queries.indptr), shape=queries.shape)
+    csc = docs.astype(np.float64).tocsc()
+    truth = []
+    for i in range(queries.shape[0]):
+        q = queries[i]
+        scores = np.zeros(docs.shape[0])
+        for t, w in zip(q.indices, q.data, strict=True):
+            lo, hi = csc.indptr[t], csc.indptr[t + 1]
+            scores[csc.indices[lo:hi]] += w * csc.data[lo:hi]
+        top = np.argpartition(-scores, 10)[:10] if len(scores) > 10 else np.arange(len(scores))
+        truth.append({int(d) for d in top if scores[d] > 0})
+    return truth
+
+
+def recall(results: list[list[str]], truth: list[set[int]]) -> float:
+    values = [len({int(d) for d in got[:10]} & want) / len(want) for got, want in zip(results, truth, strict=True)
+              if want]
+    return float(np.mean(values))
+
+
+def measure(label: str, name: str, knobs: dict[str, Any], doc_ids: list[str], docs: sp.csr_matrix,
+            queries: sp.csr_matrix, truths: dict[str, list[set[int]]], workdir: str, threads: int) -> dict[str, Any]:
+    engine = peers.make(name, **knobs)
+    started = time.perf_counter()
+    engine.build(doc_ids, docs, os.path.join(workdir, label.replace(" ", "_")))
+    build_s = time.perf_counter() - started
+    rows = [(queries.indices[s:e], queries.data[s:e]) for s, e in zip(queries.indptr[:-1], queries.indptr[1:],
+                                                                      strict=True)]
+    for terms, values in rows[:WARMUP]:
+        engine.search(terms, values, 10)
+    latencies, results = [], []
+    for terms, values in rows:
+        t0 = time.perf_counter()
+        results.append(engine.search(terms, values, 10))
+        latencies.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    batch = engine.batch_search(queries, 10, threads)
+    batch_s = time.perf_counter() - t0
+    out = {
+        "label": label, "engine": name, "knobs": knobs, "build_s": round(build_s, 2),
+        "bytes_per_doc": round(engine.index_bytes() / docs.shape[0], 1),
+        "latency_ms_median": round(1000 * statistics.median(latencies), 4),
+        "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 4),
+        "qps_single": round(len(rows) / sum(latencies), 1),
+        "qps_all_threads": round(len(rows) / batch_s, 1), "threads": threads,
+        "recall10_float": round(recall(results, truths["float"]), 4),
+        "recall10_int100": round(recall(results, truths["int100"]), 4),
+        "batch_agrees": float(np.mean([a[:10] == b[:10] for a, b in zip(results, batch, strict=True)])),
+    }
+    del engine
+    gc.collect()
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    exact = next((r for r in rows if r["label"] == "laconic_ray exact"), None)
+    lines = ["| engine | recall@10 (float) | recall@10 (int) | median ms | p99 ms | QPS 1 thread | QPS all | "
+             "bytes/doc | build s | median vs ours exact |", "|" + "---|" * 10]
+    for r in rows:
+        ratio = f"{r['latency_ms_median'] / exact['latency_ms_median']:.2f}x" if exact else ""
+        lines.append(f"| {r['label']} | {r['recall10_float']:.3f} | {r['recall10_int100']:.3f} | "
+                     f"{r['latency_ms_median']:.3f} | {r['latency_ms_p99']:.3f} | {r['qps_single']:.0f} | "
+                     f"{r['qps_all_threads']:.0f} | {r['bytes_per_doc']:.0f} | {r['build_s']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def load(data: str, args) -> tuple[list[str], sp.csr_matrix, sp.csr_matrix]:
+    if data == "synthetic":
+        from synthetic import generate
+
+        docs, queries = generate(args.docs, args.queries + WARMUP, seed=args.seed)
+        return [f"d{i}" for i in range(docs.shape[0])], docs, queries
+    from tests.vectors import bm25_queries, collection_vectors
+
+    doc_ids, docs = collection_vectors(data)
+    _, queries = bm25_queries(data, "test")
+    return list(doc_ids), docs, queries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--docs", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--collections", default="", help="real collections instead of synthetic, e.g. scifact,cacm")
+    parser.add_argument("--engines", default="", help="comma-separated engine names to keep (default: all)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    keep = set(args.engines.split(",")) if args.engines else None
+    RESULTS.mkdir(exist_ok=True)
+    for data in args.collections.split(",") if args.collections else ["synthetic"]:
+        doc_ids, docs, queries = load(data, args)
+        # ids must be row numbers for the recall computation
+        doc_ids = [str(i) for i in range(docs.shape[0])]
+        truths = {"float": exact_top10(docs, queries, False), "int100": exact_top10(docs, queries, True)}
+        tag = f"synthetic-{args.docs}" if data == "synthetic" else data
+        path = RESULTS / f"engines-{tag}.json"
+        rows: list[dict[str, Any]] = []
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_SCRATCH")) as workdir:
+            for label, name, knobs in SETTINGS:
+                if keep and name not in keep:
+                    continue
+                print(f"[{tag}] {label} ...", file=sys.stderr, flush=True)
+                try:
+                    rows.append(measure(label, name, knobs, doc_ids, docs, queries, truths, workdir, args.threads))
+                except Exception as e:  # one broken peer must not sink the others' numbers
+                    rows.append({"label": label, "engine": name, "error": f"{type(e).__name__}: {e}"})
+                    print(f"  failed: {e}", file=sys.stderr)
+                path.write_text(json.dumps({"data": tag, "docs": docs.shape[0], "queries": queries.shape[0],
+                                            "doc_nnz": docs.nnz / docs.shape[0],
+                                            "query_nnz": queries.nnz / queries.shape[0], "rows": rows}, indent=1))
+        print(f"\n### {tag}: {docs.shape[0]} docs, {queries.shape[0]} queries\n")
+        print(table([r for r in rows if "error" not in r]))
+        for r in rows:
+            if "error" in r:
+                print(f"\n{r['label']}: {r['error']}")
+
+
+if __name__ == "__main__":
+    main()
