@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 common.setup()
 
@@ -67,7 +67,9 @@ def exact_top10(docs: sp.csr_matrix, queries: sp.csr_matrix, integer: bool) -> l
     """Row numbers of the exact top 10 per query (float weights, or round(100 w) integers)."""
     if integer:
         docs = sp.csr_matrix((np.rint(docs.data * 100), docs.indices, docs.indptr), shape=docs.shape)
-        queries = sp.csr_matrix((np.rint(queries.data * 100), queries.indices, queries.indptr), shape=queries.shape)
+        queries = sp.csr_matrix(
+            (np.rint(queries.data * 100), queries.indices, queries.indptr), shape=queries.shape
+        )
     csc = docs.astype(np.float64).tocsc()
     truth = []
     for i in range(queries.shape[0]):
@@ -82,19 +84,33 @@ def exact_top10(docs: sp.csr_matrix, queries: sp.csr_matrix, integer: bool) -> l
 
 
 def recall(results: list[list[str]], truth: list[set[int]]) -> float:
-    values = [len({int(d) for d in got[:10]} & want) / len(want) for got, want in zip(results, truth, strict=True)
-              if want]
+    values = [
+        len({int(d) for d in got[:10]} & want) / len(want)
+        for got, want in zip(results, truth, strict=True)
+        if want
+    ]
     return float(np.mean(values))
 
 
-def measure(label: str, name: str, knobs: dict[str, Any], doc_ids: list[str], docs: sp.csr_matrix,
-            queries: sp.csr_matrix, truths: dict[str, list[set[int]]], workdir: str, threads: int) -> dict[str, Any]:
+def measure(
+    label: str,
+    name: str,
+    knobs: dict[str, Any],
+    doc_ids: list[str],
+    docs: sp.csr_matrix,
+    queries: sp.csr_matrix,
+    truths: dict[str, list[set[int]]],
+    workdir: str,
+    threads: int,
+) -> dict[str, Any]:
     engine = peers.make(name, **knobs)
     started = time.perf_counter()
     engine.build(doc_ids, docs, os.path.join(workdir, label.replace(" ", "_")))
     build_s = time.perf_counter() - started
-    rows = [(queries.indices[s:e], queries.data[s:e]) for s, e in zip(queries.indptr[:-1], queries.indptr[1:],
-                                                                      strict=True)]
+    rows = [
+        (queries.indices[s:e], queries.data[s:e])
+        for s, e in zip(queries.indptr[:-1], queries.indptr[1:], strict=True)
+    ]
     for terms, values in rows[:WARMUP]:
         engine.search(terms, values, 10)
     latencies, results = [], []
@@ -106,12 +122,16 @@ def measure(label: str, name: str, knobs: dict[str, Any], doc_ids: list[str], do
     batch = engine.batch_search(queries, 10, threads)
     batch_s = time.perf_counter() - t0
     out = {
-        "label": label, "engine": name, "knobs": knobs, "build_s": round(build_s, 2),
+        "label": label,
+        "engine": name,
+        "knobs": knobs,
+        "build_s": round(build_s, 2),
         "bytes_per_doc": round(engine.index_bytes() / docs.shape[0], 1),
         "latency_ms_median": round(1000 * statistics.median(latencies), 4),
         "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 4),
         "qps_single": round(len(rows) / sum(latencies), 1),
-        "qps_all_threads": round(len(rows) / batch_s, 1), "threads": threads,
+        "qps_all_threads": round(len(rows) / batch_s, 1),
+        "threads": threads,
         "recall10_float": round(recall(results, truths["float"]), 4),
         "recall10_int100": round(recall(results, truths["int100"]), 4),
         "batch_agrees": float(np.mean([a[:10] == b[:10] for a, b in zip(results, batch, strict=True)])),
@@ -123,13 +143,18 @@ def measure(label: str, name: str, knobs: dict[str, Any], doc_ids: list[str], do
 
 def table(rows: list[dict[str, Any]]) -> str:
     exact = next((r for r in rows if r["label"] == "laconic_ray exact"), None)
-    lines = ["| engine | recall@10 (float) | recall@10 (int) | median ms | p99 ms | QPS 1 thread | QPS all | "
-             "bytes/doc | build s | median vs ours exact |", "|" + "---|" * 10]
+    lines = [
+        "| engine | recall@10 (float) | recall@10 (int) | median ms | p99 ms | QPS 1 thread | QPS all | "
+        "bytes/doc | build s | median vs ours exact |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
         ratio = f"{r['latency_ms_median'] / exact['latency_ms_median']:.2f}x" if exact else ""
-        lines.append(f"| {r['label']} | {r['recall10_float']:.3f} | {r['recall10_int100']:.3f} | "
-                     f"{r['latency_ms_median']:.3f} | {r['latency_ms_p99']:.3f} | {r['qps_single']:.0f} | "
-                     f"{r['qps_all_threads']:.0f} | {r['bytes_per_doc']:.0f} | {r['build_s']:.1f} | {ratio} |")
+        lines.append(
+            f"| {r['label']} | {r['recall10_float']:.3f} | {r['recall10_int100']:.3f} | "
+            f"{r['latency_ms_median']:.3f} | {r['latency_ms_p99']:.3f} | {r['qps_single']:.0f} | "
+            f"{r['qps_all_threads']:.0f} | {r['bytes_per_doc']:.0f} | {r['build_s']:.1f} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -151,7 +176,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--collections", default="", help="real collections instead of synthetic, e.g. scifact,cacm")
+    parser.add_argument(
+        "--collections", default="", help="real collections instead of synthetic, e.g. scifact,cacm"
+    )
     parser.add_argument("--engines", default="", help="comma-separated engine names to keep (default: all)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
@@ -171,13 +198,25 @@ def main() -> None:
                     continue
                 print(f"[{tag}] {label} ...", file=sys.stderr, flush=True)
                 try:
-                    rows.append(measure(label, name, knobs, doc_ids, docs, queries, truths, workdir, args.threads))
+                    rows.append(
+                        measure(label, name, knobs, doc_ids, docs, queries, truths, workdir, args.threads)
+                    )
                 except Exception as e:  # one broken peer must not sink the others' numbers
                     rows.append({"label": label, "engine": name, "error": f"{type(e).__name__}: {e}"})
                     print(f"  failed: {e}", file=sys.stderr)
-                path.write_text(json.dumps({"data": tag, "docs": docs.shape[0], "queries": queries.shape[0],
-                                            "doc_nnz": docs.nnz / docs.shape[0],
-                                            "query_nnz": queries.nnz / queries.shape[0], "rows": rows}, indent=1))
+                path.write_text(
+                    json.dumps(
+                        {
+                            "data": tag,
+                            "docs": docs.shape[0],
+                            "queries": queries.shape[0],
+                            "doc_nnz": docs.nnz / docs.shape[0],
+                            "query_nnz": queries.nnz / queries.shape[0],
+                            "rows": rows,
+                        },
+                        indent=1,
+                    )
+                )
         print(f"\n### {tag}: {docs.shape[0]} docs, {queries.shape[0]} queries\n")
         print(table([r for r in rows if "error" not in r]))
         for r in rows:

@@ -64,12 +64,23 @@ STAGES: dict[str, Stage] = {
         runner="laconic_ray.distributed.encode:run_encode",
         default_conf="conf/encode.yaml",
     ),
-    "index": Stage("build partitioned inverted-index shards on CPU Ray actors", issue="the serving issue"),
+    "index": Stage(
+        "build partitioned inverted-index shards on CPU Ray tasks",
+        schema="laconic_ray.config:IndexConfig",
+        runner="laconic_ray.distributed.index:run_index",
+        default_conf="conf/index.yaml",
+    ),
     "serve": Stage(
-        "serve index shards behind a scatter-gather router (Python + HTTP)", issue="the serving issue"
+        "serve index shards behind a scatter-gather router (Python + HTTP)",
+        schema="laconic_ray.config:ServeConfig",
+        runner="laconic_ray.distributed.service:run_serve",
+        default_conf="conf/serve.yaml",
     ),
     "search": Stage(
-        "query a running service, or shard actors started on the spot", issue="the serving issue"
+        "query a running service, or shard actors started on the spot",
+        schema="laconic_ray.config:ServeConfig",
+        runner="laconic_ray.distributed.service:run_search",
+        default_conf="conf/serve.yaml",
     ),
     "eval": Stage(
         "nDCG@10 / Recall@100 / MRR@10 of a run against qrels; BM25 reference", issue="the evaluation issue"

@@ -531,3 +531,78 @@ class PlanConfig(TrainConfig):
             "model.architecture",
             "planning needs the architecture (the presets in conf/model/ carry it)",
         )
+
+
+@dataclasses.dataclass
+class IndexConfig:
+    """``laconic index``: encoded sparse vectors -> a partitioned inverted index built on CPU Ray tasks."""
+
+    input: str = ""  # a finished sparse folder (the encode stage's output)
+    output: str = ""  # index folder: shard-NNNNN/ folders + manifest.json
+    num_shards: int = 1
+    partition: str = "range"  # range (contiguous slices of the input) | hash (stable hash of the doc id)
+    quantization: str = "uint8"  # uint8 | uint16 | float32
+    block_size: int = 64  # documents per block (16-256; see laconic_ray/index/inverted.py)
+    num_cpus_per_task: float = 1.0
+    max_retries: int = 3
+    force: bool = False  # rebuild an index whose manifest already exists
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        check(bool(self.input), "input", "give the encoded sparse folder (input=<uri>)")
+        check(bool(self.output), "output", "give the index folder (output=<uri>)")
+        check(self.num_shards > 0, "num_shards", "must be > 0")
+        check(self.partition in ("range", "hash"), "partition", "must be range or hash")
+        check(
+            self.quantization in ("uint8", "uint16", "float32"),
+            "quantization",
+            "must be uint8, uint16 or float32",
+        )
+        check(1 <= self.block_size <= 256, "block_size", "must be in [1, 256]")
+        check(self.num_cpus_per_task > 0 and self.max_retries >= 0, "num_cpus_per_task", "must be > 0")
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """``laconic serve`` / ``laconic search``: shard actors, a scatter-gather router, an HTTP front end."""
+
+    index: str = ""  # index folder written by `laconic index`
+    model: str | None = None  # checkpoint that encodes text queries (loaded once); none: vectors only
+    name: str = "laconic"  # names the shard actors and the Serve app (other processes attach by it)
+    replicas: int = 1  # actors per shard (throughput, faster failover)
+    num_cpus_per_shard: float = 1.0
+    threads_per_shard: int = 1  # search threads inside a shard actor for batches
+    shard_resource: str | None = (
+        None  # custom resource each shard actor asks for (pins shards to index nodes)
+    )
+    max_restarts: int = 3  # a killed shard actor comes back this many times (and reloads its shard)
+    timeout_s: float = 10.0  # per shard call, before it is retried
+    retries: int = 2  # extra attempts per shard before the response is marked partial
+    mode: str = "exact"  # exact | approximate
+    host: str = "127.0.0.1"  # HTTP binds here; set 0.0.0.0 deliberately to expose it
+    port: int = 8000
+    http_replicas: int = 1
+    http_cpus: float = 1.0  # CPUs reserved by each HTTP replica
+    max_k: int = 1000
+    max_batch: int = 256
+    max_query_chars: int = 4000
+    verify: bool = True  # checksum every shard file when an actor loads it
+    # `laconic search`
+    query: str = ""
+    k: int = 10
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        check(bool(self.index), "index", "give the index folder (index=<uri>)")
+        check(self.replicas > 0 and self.http_replicas > 0, "replicas", "must be > 0")
+        check(self.num_cpus_per_shard > 0, "num_cpus_per_shard", "must be > 0")
+        check(self.max_restarts >= 0 and self.retries >= 0, "max_restarts", "must be >= 0")
+        check(self.timeout_s > 0, "timeout_s", "must be > 0")
+        check(self.mode in ("exact", "approximate"), "mode", "must be exact or approximate")
+        check(0 < self.port < 65536, "port", "must be a TCP port")
+        check(
+            self.max_k > 0 and self.max_batch > 0 and self.max_query_chars > 0, "max_k", "limits must be > 0"
+        )
+        check(0 < self.k <= self.max_k, "k", f"must be in [1, max_k={self.max_k}]")

@@ -1,0 +1,99 @@
+"""``laconic serve`` and ``laconic search``: start or use a running search service.
+
+``serve`` starts named shard actors and the HTTP application, then keeps running until interrupted (its JSON
+summary is printed when it stops). ``search`` asks a running service over HTTP when one answers at
+``host:port``, else starts shard actors of its own for the one query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from laconic_ray.config import ServeConfig
+from laconic_ray.distributed.cluster import ensure_ray
+from laconic_ray.distributed.serving import ShardedSearcher
+
+log = logging.getLogger(__name__)
+
+
+def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearcher:
+    return ShardedSearcher(
+        config.index,
+        model=config.model,
+        replicas=config.replicas,
+        num_cpus_per_shard=config.num_cpus_per_shard,
+        shard_resource=config.shard_resource,
+        max_restarts=config.max_restarts,
+        timeout_s=config.timeout_s,
+        retries=config.retries,
+        mode=config.mode,
+        options=config.storage.options(),
+        name=name,
+        verify=config.verify,
+        threads_per_shard=config.threads_per_shard,
+    )
+
+
+def run_serve(config: ServeConfig, stop: threading.Event | None = None) -> dict[str, Any]:
+    from ray import serve
+
+    from laconic_ray.distributed.http import deploy
+
+    ensure_ray(config.ray)
+    started = time.perf_counter()
+    searcher = searcher_from(config, name=config.name)
+    url = deploy(config, config.storage.options())
+    log.info("serving %s at %s (OpenAPI at %s/docs); Ctrl-C stops", config.index, url, url)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    stats = searcher.stats()
+    serve.delete(config.name)
+    searcher.shutdown()
+    return {
+        "url": url,
+        "index": config.index,
+        "uptime_s": round(time.perf_counter() - started, 1),
+        "docs": stats["docs"],
+        "shards": len(stats["shards"]),
+    }
+
+
+def _http(config: ServeConfig, path: str, body: dict | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    url = f"http://{config.host}:{config.port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def run_search(config: ServeConfig) -> dict[str, Any]:
+    if not config.query:
+        raise ValueError('query: give the text to search (query="...")')
+    try:
+        _http(config, "/health", timeout=2.0)
+        running = True
+    except (urllib.error.URLError, OSError):
+        running = False
+    if running:
+        log.info("asking the service at %s:%d", config.host, config.port)
+        result = _http(config, "/search", {"query": config.query, "k": config.k})
+        return {"query": config.query, "via": "http", **result}
+    ensure_ray(config.ray)
+    searcher = searcher_from(config)
+    try:
+        started = time.perf_counter()
+        result = searcher.search(config.query, config.k).as_dict()
+        took = 1000 * (time.perf_counter() - started)
+    finally:
+        searcher.shutdown()
+    return {"query": config.query, "via": "shard actors", "took_ms": round(took, 2), **result}

@@ -1,0 +1,216 @@
+"""Partitioned index build and scatter-gather serving: exact equality with one index, shard crashes under load,
+S3 shards, HTTP validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import ray
+
+from laconic_ray import sparse, storage
+from laconic_ray.config import IndexConfig, ServeConfig, load_config
+from laconic_ray.distributed.index import run_index
+from laconic_ray.distributed.service import searcher_from
+from laconic_ray.distributed.serving import ShardedSearcher
+from laconic_ray.index import InvertedIndex
+from tests.vectors import bm25_queries, collection_vectors
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory, data_root):
+    doc_ids, docs = collection_vectors("scifact")
+    uri = str(tmp_path_factory.mktemp("vecs") / "scifact")
+    sparse.write_sparse(uri, doc_ids, docs, docs.shape[1], rows_per_file=1500, metadata={"model": "bm25"})
+    _, queries = bm25_queries("scifact", "test")
+    return uri, doc_ids, docs, queries
+
+
+def build(input_uri, output, *overrides, options=None):
+    return run_index(
+        load_config(
+            IndexConfig,
+            "conf/index.yaml",
+            [f"input={input_uri}", f"output={output}", "num_cpus_per_task=0.5", *overrides],
+        )
+    )
+
+
+def searcher(index, **kwargs):
+    config = load_config(
+        ServeConfig,
+        "conf/serve.yaml",
+        [f"index={index}", "num_cpus_per_shard=0.5", *[f"{k}={v}" for k, v in kwargs.items()]],
+    )
+    return searcher_from(config)
+
+
+def as_queries(csr):
+    return [{"indices": csr[i].indices.tolist(), "values": csr[i].data.tolist()} for i in range(csr.shape[0])]
+
+
+@pytest.mark.parametrize("partition", ["range", "hash"])
+def test_four_shards_equal_one_index_exactly(ray_session, vectors, tmp_path, partition):
+    uri, doc_ids, docs, queries = vectors
+    summary = build(uri, str(tmp_path / "index"), "num_shards=4", f"partition={partition}")
+    assert summary["shards"] == 4 and summary["docs"] == len(doc_ids)
+    # a rerun with a complete manifest does nothing
+    assert build(uri, str(tmp_path / "index"), "num_shards=4")["skipped"] == "already complete"
+    whole = InvertedIndex.build(docs, doc_ids)
+    client = searcher(str(tmp_path / "index"))
+    try:
+        results = client.batch_search(as_queries(queries), k=100)
+        for qi, result in enumerate(results):
+            ids, scores = whole.search(queries[qi].indices, queries[qi].data, 100)
+            assert not result.partial
+            assert result.doc_ids == ids
+            np.testing.assert_array_equal(result.scores, scores)
+        one = client.search(as_queries(queries)[3], k=10)
+        assert one.doc_ids == whole.search(queries[3].indices, queries[3].data, 10)[0]
+        stats = client.stats()
+        assert (
+            sum(s["docs"] for s in stats["shards"]) == len(doc_ids) and stats["queries"] == len(results) + 1
+        )
+    finally:
+        client.shutdown()
+
+
+def test_a_killed_shard_loses_no_query(ray_session, vectors, tmp_path):
+    uri, _doc_ids, _docs, queries = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    client = searcher(str(tmp_path / "index"), max_restarts=3, timeout_s=30)
+    stream = [as_queries(queries)[i % queries.shape[0]] for i in range(1000)]
+    try:
+        reference = [r.doc_ids for r in client.batch_search(stream[:300], k=10)]
+        victim = ray.get(client.actors[1][0].stats.remote())["pid"]
+        results, errors = [], []
+        killed = threading.Event()
+
+        def run():
+            for i, query in enumerate(stream):
+                if i == 200:
+                    os.kill(victim, signal.SIGKILL)  # the shard's process dies mid-stream
+                    killed.set()
+                try:
+                    results.append(client.search(query, k=10))
+                except Exception as e:  # every failure counts
+                    errors.append(e)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join(timeout=600)
+        assert killed.is_set() and not worker.is_alive()
+        assert errors == [] and len(results) == 1000
+        assert not any(r.partial for r in results)
+        assert [r.doc_ids for r in results] == [reference[i % 300] for i in range(1000)]
+        stats = client.stats()
+        assert stats["shards"][1]["restarts"] >= 1  # it came back
+    finally:
+        client.shutdown()
+
+
+def test_shards_on_s3(ray_session, vectors, tmp_path, s3_bucket):
+    base, options = s3_bucket
+    uri, doc_ids, docs, queries = vectors
+    out = storage.join(base, "index")
+    build(uri, out, "num_shards=3", "partition=hash", f"storage.endpoint_url={options.endpoint_url}")
+    config = load_config(
+        ServeConfig,
+        "conf/serve.yaml",
+        [f"index={out}", "num_cpus_per_shard=0.5", f"storage.endpoint_url={options.endpoint_url}"],
+    )
+    client = searcher_from(config)
+    try:
+        whole = InvertedIndex.build(docs, doc_ids)
+        got = client.batch_search(as_queries(queries[:20]), k=10)
+        for qi in range(20):
+            assert got[qi].doc_ids == whole.search(queries[qi].indices, queries[qi].data, 10)[0]
+    finally:
+        client.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
+    from ray import serve
+
+    from laconic_ray.distributed.http import deploy
+
+    uri, doc_ids, _docs, queries = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    port = _free_port()
+    config = load_config(
+        ServeConfig,
+        "conf/serve.yaml",
+        [
+            f"index={tmp_path / 'index'}",
+            "num_cpus_per_shard=0.5",
+            "http_cpus=0.5",
+            f"port={port}",
+            "name=httptest",
+            "max_k=50",
+            "max_batch=4",
+            "max_query_chars=100",
+        ],
+    )
+    shards = ShardedSearcher(config.index, name=config.name, num_cpus_per_shard=0.5)
+    try:
+        base = deploy(config, config.storage.options())
+        assert base == f"http://127.0.0.1:{port}"
+        vector = as_queries(queries)[0]
+        status, body = post(f"{base}/search", {"vector": vector, "k": 10})
+        assert status == 200 and not body["partial"]
+        assert [h["doc_id"] for h in body["hits"]] == shards.search(vector, 10).doc_ids
+        status, body = post(
+            f"{base}/batch_search", {"queries": [{"vector": v} for v in as_queries(queries)[:3]], "k": 5}
+        )
+        assert status == 200 and len(body["results"]) == 3
+        with urllib.request.urlopen(f"{base}/health") as r:
+            assert json.loads(r.read())["ok"]
+        with urllib.request.urlopen(f"{base}/stats") as r:
+            assert json.loads(r.read())["docs"] == len(doc_ids)
+        with urllib.request.urlopen(f"{base}/openapi.json") as r:
+            assert "/batch_search" in json.loads(r.read())["paths"]
+        bad = [
+            ({"vector": vector, "k": 0}, "k"),
+            ({"vector": vector, "k": 51}, "limit of 50"),
+            ({"vector": {"indices": [1, 30522], "values": [1.0, 1.0]}}, "outside [0, 30522)"),
+            ({"vector": {"indices": [1, 2], "values": [1.0]}}, "2 indices but 1 values"),
+            ({"vector": {"indices": [1], "values": [-1.0]}}, "finite and >= 0"),
+            ({"query": "x", "vector": vector}, "exactly one"),
+            ({}, "exactly one"),
+            ({"query": "text without a model"}, "no model"),
+            ({"vector": {"indices": "nope", "values": []}}, "indices"),
+        ]
+        for body, message in bad:
+            status, answer = post(f"{base}/search", body)
+            assert 400 <= status < 500, (body, status, answer)
+            assert message in json.dumps(answer), (body, answer)
+        status, answer = post(f"{base}/batch_search", {"queries": [{"vector": vector}] * 5})
+        assert status == 422 and "batch limit" in json.dumps(answer)
+        status, _ = post(f"{base}/search", None, raw=b"{not json")
+        assert status == 422
+    finally:
+        serve.delete(config.name)
+        shards.shutdown()
