@@ -606,3 +606,41 @@ class ServeConfig:
             self.max_k > 0 and self.max_batch > 0 and self.max_query_chars > 0, "max_k", "limits must be > 0"
         )
         check(0 < self.k <= self.max_k, "k", f"must be in [1, max_k={self.max_k}]")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """``laconic eval``: a query set through a retriever, a TREC run, metrics against qrels, a comparison."""
+
+    dataset: str = ""  # BEIR collection: a name under $LACONIC_DATA, a path or s3:// URI
+    data_root: str | None = None
+    split: str = "test"
+    retriever: str = (
+        "laconic"  # laconic (index + model) | bm25 (pyserini, BEIR flat) | run (score a run file)
+    )
+    index: str = ""  # laconic: the index folder (searched in-process) ...
+    service: str = ""  # ... or a running service's base URL (http://127.0.0.1:8000)
+    model: str = ""  # laconic: checkpoint that encodes the queries
+    run: str = ""  # retriever=run: an existing TREC run file
+    k: int = 1000  # depth of the run (>= 100 for Recall@100)
+    mode: str = "exact"
+    measures: list[str] = dataclasses.field(default_factory=lambda: ["nDCG@10", "R@100", "RR@10"])
+    baseline: str = ""  # a TREC run to compare against (per-query wins/losses, paired tests)
+    output: str = ""  # folder for run.trec, metrics.json, per_query.tsv (and the delta plot)
+    run_tag: str = ""  # name in the run file (default: the retriever)
+    batch_size: int = 32
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    threads: int = 2
+    index_cache: str | None = None
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def validate(self) -> None:
+        check(bool(self.dataset), "dataset", "name the collection with the qrels (dataset=<name or path>)")
+        check(self.retriever in ("laconic", "bm25", "run"), "retriever", "must be laconic, bm25 or run")
+        if self.retriever == "laconic":
+            check(bool(self.index) or bool(self.service), "index", "give index=<uri> or service=<url>")
+            check(bool(self.model) or bool(self.service), "model", "give the checkpoint that encodes queries")
+        check(self.retriever != "run" or bool(self.run), "run", "retriever=run needs run=<trec file>")
+        check(self.k >= 100, "k", "must be >= 100 (Recall@100)")
+        check(self.mode in ("exact", "approximate"), "mode", "must be exact or approximate")

@@ -188,3 +188,45 @@ class BM25:
 
         similarity = autoclass("org.apache.lucene.search.similarities.BM25Similarity")(self.k1, self.b)
         return float(self.reader.compute_query_document_score(docid, query, similarity=similarity))
+
+
+def build_impact_index(collection_dir: str, index_dir: str, threads: int = 2) -> str:
+    """A Lucene impact index of a JsonVectorCollection folder (integer weights, pretokenized terms)."""
+    import_pyserini()
+    from jnius import autoclass
+
+    args = [
+        "-collection",
+        "JsonVectorCollection",
+        "-input",
+        str(collection_dir),
+        "-index",
+        str(index_dir),
+        "-generator",
+        "DefaultLuceneDocumentGenerator",
+        "-threads",
+        str(threads),
+        "-impact",
+        "-pretokenized",
+        "-quiet",
+    ]
+    autoclass("io.anserini.index.IndexCollection").main(args)
+    return str(index_dir)
+
+
+class ImpactSearcher:
+    """Lucene impact search (Anserini's SimpleImpactSearcher) with integer query weights."""
+
+    def __init__(self, index_dir: str) -> None:
+        import_pyserini()
+        from jnius import autoclass
+
+        self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index_dir))
+        self._map = autoclass("java.util.HashMap")
+        self._int = autoclass("java.lang.Integer")
+
+    def search(self, weights: dict[str, int], k: int) -> list[tuple[str, float]]:
+        query = self._map()
+        for term, weight in weights.items():
+            query.put(term, self._int(int(weight)))
+        return [(hit.docid, float(hit.score)) for hit in self._searcher.search(query, k)]

@@ -135,10 +135,10 @@ class SearchService:
                 out.append({"indices": q.vector.indices, "values": q.vector.values})
         return out
 
-    def _respond(self, queries: list[Any], k: int) -> list[SearchResponse]:
+    async def _respond(self, queries: list[Any], k: int) -> list[SearchResponse]:
         started = time.perf_counter()
         try:
-            results = self.searcher.batch_search(queries, k)
+            results = await self.searcher.abatch_search(queries, k)
         except QueryError as e:
             raise HTTPException(422, str(e)) from None
         took = 1000 * (time.perf_counter() - started)
@@ -153,13 +153,13 @@ class SearchService:
         ]
 
     @app.post("/search", response_model=SearchResponse)
-    def search(self, request: SearchRequest) -> SearchResponse:
-        return self._respond(self._check([request], request.k), request.k)[0]
+    async def search(self, request: SearchRequest) -> SearchResponse:
+        return (await self._respond(self._check([request], request.k), request.k))[0]
 
     @app.post("/batch_search", response_model=BatchSearchResponse)
-    def batch_search(self, request: BatchSearchRequest) -> BatchSearchResponse:
+    async def batch_search(self, request: BatchSearchRequest) -> BatchSearchResponse:
         started = time.perf_counter()
-        results = self._respond(self._check(request.queries, request.k), request.k)
+        results = await self._respond(self._check(request.queries, request.k), request.k)
         return BatchSearchResponse(results=results, took_ms=1000 * (time.perf_counter() - started))
 
     @app.get("/health")

@@ -230,12 +230,45 @@ class ShardedSearcher:
     def batch_search(
         self, queries: Sequence[Any], k: int = 10, mode: str | None = None
     ) -> list[SearchResult]:
+        payload = self._payload(queries, k, mode)
+        if payload is None:
+            return []
+        started = time.perf_counter()
+        refs = [self._call(shard, payload) for shard in range(self.num_shards)]
+        try:  # the common case: every shard answers in time, one wait for all
+            answers = dict(enumerate(ray.get(refs, timeout=self.timeout_s)))
+            self._record_all(time.perf_counter() - started)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            answers = self._gather(refs, payload, started)
+        return self._merge(answers, len(queries), k)
+
+    async def abatch_search(
+        self, queries: Sequence[Any], k: int = 10, mode: str | None = None
+    ) -> list[SearchResult]:
+        """``batch_search`` for asyncio callers (the HTTP front end): awaits the shards instead of blocking."""
+        import asyncio
+
+        payload = self._payload(queries, k, mode)
+        if payload is None:
+            return []
+        started = time.perf_counter()
+        refs = [self._call(shard, payload) for shard in range(self.num_shards)]
+        try:
+            answers = dict(enumerate(await asyncio.wait_for(asyncio.gather(*refs), self.timeout_s)))
+            self._record_all(time.perf_counter() - started)
+        except (ray.exceptions.RayError, TimeoutError):
+            loop = asyncio.get_running_loop()
+            answers = await loop.run_in_executor(None, self._gather, refs, payload, started)
+        return self._merge(answers, len(queries), k)
+
+    def _payload(self, queries: Sequence[Any], k: int, mode: str | None) -> tuple | None:
         if k <= 0:
             raise QueryError(f"k must be > 0, got {k}")
         if not queries:
-            return []
+            return None
         csr = self.vectorize(queries)
-        args = (
+        self.queries += len(queries)
+        return (
             csr.indptr,
             csr.indices,
             csr.data,
@@ -244,29 +277,29 @@ class ShardedSearcher:
             mode or self.mode,
             self.threads_per_shard,
         )
-        payload = [ray.put(a) if isinstance(a, np.ndarray) else a for a in args]
+
+    def _gather(self, refs: list[Any], payload: tuple, started: float) -> dict[int, list]:
+        """The slow path: per shard, wait up to the timeout, retry (next replica), give up after ``retries``."""
         answers: dict[int, list] = {}
-        pending = {
-            shard: (self._call(shard, payload), time.perf_counter()) for shard in range(self.num_shards)
-        }
+        pending = {shard: (ref, started) for shard, ref in enumerate(refs)}
         attempts = dict.fromkeys(range(self.num_shards), 0)
         while pending:
-            deadline = min(started for _, started in pending.values()) + self.timeout_s
+            deadline = min(t for _, t in pending.values()) + self.timeout_s
             ready, _ = ray.wait(
                 [ref for ref, _ in pending.values()],
                 num_returns=len(pending),
                 timeout=max(0.0, deadline - time.perf_counter()),
             )
             ready = set(ready)
-            for shard, (ref, started) in list(pending.items()):
-                timed_out = ref not in ready and time.perf_counter() - started >= self.timeout_s
+            for shard, (ref, sent) in list(pending.items()):
+                timed_out = ref not in ready and time.perf_counter() - sent >= self.timeout_s
                 if ref not in ready and not timed_out:
                     continue
                 error = None
                 if ref in ready:
                     try:
                         answers[shard] = ray.get(ref)
-                        self._record(shard, time.perf_counter() - started)
+                        self._stats[shard].seconds += time.perf_counter() - sent
                         del pending[shard]
                         continue
                     except ray.exceptions.RayError as e:
@@ -284,23 +317,27 @@ class ShardedSearcher:
                     continue
                 self._stats[shard].retries += 1
                 pending[shard] = (self._call(shard, payload), time.perf_counter())
+        return answers
+
+    def _merge(self, answers: dict[int, list], n: int, k: int) -> list[SearchResult]:
         missing = sorted(set(range(self.num_shards)) - set(answers))
-        self.queries += len(queries)
+        shards = sorted(answers)
         results = []
-        for qi in range(len(queries)):
-            ids, scores = merge_topk([tuple(answers[s][qi]) for s in sorted(answers)], k)
+        for qi in range(n):
+            ids, scores = merge_topk([answers[s][qi] for s in shards], k)
             results.append(SearchResult(ids, scores.tolist(), bool(missing), missing))
         return results
 
-    def _call(self, shard: int, payload: list[Any]):
+    def _record_all(self, seconds: float) -> None:
+        for record in self._stats:
+            record.seconds += seconds
+
+    def _call(self, shard: int, payload: tuple):
         with self._lock:
             replica = self._next[shard] % self.replicas
             self._next[shard] += 1
         self._stats[shard].calls += 1
         return self.actors[shard][replica].batch_search.remote(*payload)
-
-    def _record(self, shard: int, seconds: float) -> None:
-        self._stats[shard].seconds += seconds
 
     # ------------------------------------------------------------------------------------------ status
 

@@ -1,0 +1,1 @@
+"""Evaluation: TREC runs, metrics (ir-measures / trec_eval), baseline comparison, exports, regressions, plots."""
