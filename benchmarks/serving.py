@@ -81,6 +81,9 @@ def main() -> None:
     in_process = summary(timed(lambda q: whole.search(q["indices"], q["values"], 10), rows))
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
     result = {"docs": args.docs, "queries": args.queries, "in_process": in_process, "shards": {}}
+    with socket.socket() as s:  # Serve's proxy keeps the port it started with: one for every round
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     for n in [int(x) for x in args.shards.split(",")]:
         index = str(tmp / f"index{n}")
         run_index(
@@ -90,9 +93,6 @@ def main() -> None:
                 [f"input={tmp / 'vecs'}", f"output={index}", f"num_shards={n}", "num_cpus_per_task=0.5"],
             )
         )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         config = load_config(
             ServeConfig,
             None,

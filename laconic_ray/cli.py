@@ -83,7 +83,10 @@ STAGES: dict[str, Stage] = {
         default_conf="conf/serve.yaml",
     ),
     "eval": Stage(
-        "nDCG@10 / Recall@100 / MRR@10 of a run against qrels; BM25 reference", issue="the evaluation issue"
+        "nDCG@10 / Recall@100 / MRR@10 of a run against qrels; BM25 reference",
+        schema="laconic_ray.config:EvalConfig",
+        runner="laconic_ray.eval.evaluate:run_eval",
+        default_conf="conf/eval.yaml",
     ),
     "plan": Stage(
         "per-GPU memory plan of a training config (FSDP, activations)",
@@ -92,7 +95,15 @@ STAGES: dict[str, Stage] = {
         default_conf="conf/train/llama3-8b.yaml",
     ),
     "export": Stage(
-        "export vectors to Anserini JsonVectorCollection or Seismic format", issue="the evaluation issue"
+        "export vectors to Anserini JsonVectorCollection or Seismic format",
+        schema="laconic_ray.config:ExportConfig",
+        runner="laconic_ray.eval.export:run_export",
+    ),
+    "regress": Stage(
+        "run a regression matrix (conf/regressions/*.yaml) and judge it OK / OKish / FAIL",
+        schema="laconic_ray.config:RegressConfig",
+        runner="laconic_ray.eval.regress:run_regress",
+        default_conf="conf/regressions/scifact.yaml",
     ),
 }
 
@@ -181,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"laconic {ns.stage}: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, default=str))
-    return 0
+    return int(summary.get("exit_code", 0))
 
 
 if __name__ == "__main__":

@@ -631,12 +631,14 @@ class EvalConfig:
     batch_size: int = 32
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
+    bm25_layout: str = "multifield"  # multifield (title, text fields: BEIR's published BM25) | flat
     threads: int = 2
     index_cache: str | None = None
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "name the collection with the qrels (dataset=<name or path>)")
+        check(self.bm25_layout in ("flat", "multifield"), "bm25_layout", "must be flat or multifield")
         check(self.retriever in ("laconic", "bm25", "run"), "retriever", "must be laconic, bm25 or run")
         if self.retriever == "laconic":
             check(bool(self.index) or bool(self.service), "index", "give index=<uri> or service=<url>")
@@ -644,3 +646,57 @@ class EvalConfig:
         check(self.retriever != "run" or bool(self.run), "run", "retriever=run needs run=<trec file>")
         check(self.k >= 100, "k", "must be >= 100 (Recall@100)")
         check(self.mode in ("exact", "approximate"), "mode", "must be exact or approximate")
+
+
+@dataclasses.dataclass
+class Condition:
+    """One row of a regression matrix: a stage run with its overrides and the metrics it must reproduce."""
+
+    name: str = ""
+    stage: str = "eval"  # any laconic stage whose summary carries "metrics"
+    config: str = "conf/eval.yaml"
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    expected: dict[str, float] = dataclasses.field(default_factory=dict)
+    ok: float = 0.003  # |actual - expected| <= ok: OK
+    okish: float = 0.01  # <= okish: OKish; beyond: FAIL
+    at_least: bool = False  # only a shortfall counts (e.g. "nDCG@10 >= 0.60"); above expected is OK
+
+    def validate(self) -> None:
+        check(bool(self.name), "name", "every condition needs a name")
+        check(bool(self.expected), "expected", f"condition {self.name!r} expects no metric")
+        check(0 <= self.ok <= self.okish, "ok", "need 0 <= ok <= okish")
+
+
+@dataclasses.dataclass
+class RegressConfig:
+    """``laconic regress``: run a matrix of conditions and classify each metric OK / OKish / FAIL."""
+
+    conditions: list[Condition] = dataclasses.field(default_factory=list)
+    only: list[str] = dataclasses.field(default_factory=list)  # condition names to run (default: all)
+    output: str = ""  # where to write the report (JSON + markdown); empty: stdout only
+
+    def validate(self) -> None:
+        check(bool(self.conditions), "conditions", "the matrix has no conditions")
+        names = [c.name for c in self.conditions]
+        check(len(set(names)) == len(names), "conditions", "condition names must be unique")
+        unknown = set(self.only) - set(names)
+        check(not unknown, "only", f"unknown condition(s) {sorted(unknown)}")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """``laconic export``: sparse vectors -> Anserini JsonVectorCollection or Seismic JSON lines."""
+
+    input: str = ""  # a finished sparse folder
+    output: str = ""  # destination folder
+    format: str = "anserini"  # anserini | seismic
+    impact_scale: float = 100.0  # anserini: integer impacts round(impact_scale * w)
+    files: int = 2  # anserini indexes one file per thread
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def validate(self) -> None:
+        check(
+            bool(self.input) and bool(self.output), "input", "give input=<sparse folder> and output=<folder>"
+        )
+        check(self.format in ("anserini", "seismic"), "format", "must be anserini or seismic")
+        check(self.impact_scale > 0 and self.files > 0, "impact_scale", "must be > 0")

@@ -1,8 +1,9 @@
 """``laconic eval``: retrieve for a split's queries, write a TREC run, score it, compare with a baseline.
 
 Retrievers: ``laconic`` (a partitioned index searched in-process, shard by shard with an exact merge, or a
-running HTTP service), ``bm25`` (pyserini's Lucene over the same collection, BEIR "flat": title + text,
-k1=0.9 b=0.4), or ``run`` (score an existing run file). The last line of ``laconic eval`` is the summary JSON.
+running HTTP service), ``bm25`` (pyserini's Lucene over the same collection, k1=0.9 b=0.4, Anserini's
+``multifield`` layout by default, the one behind BEIR's published BM25 figures; ``flat`` on request), or
+``run`` (score an existing run file). The last line of ``laconic eval`` is the summary JSON.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ def bm25_run(
     b: float,
     threads: int,
     cache: str | None,
+    layout: str = "multifield",
 ) -> Run:
     from laconic_ray.data.lucene import BM25, build_bm25_index
 
-    searcher = BM25(build_bm25_index(dataset, cache, threads), k1=k1, b=b, threads=threads)
+    searcher = BM25(
+        build_bm25_index(dataset, cache, threads, layout), k1=k1, b=b, threads=threads, layout=layout
+    )
     hits = searcher.batch_search([q.text for q in queries], [q.id for q in queries], k)
     # BEIR's evaluation drops a document retrieved for its own id (a query that is also a corpus entry)
     return {qid: {d: s for d, s in ranked if d != qid} for qid, ranked in hits.items()}
@@ -101,6 +105,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
             b=config.bm25_b,
             threads=config.threads,
             cache=config.index_cache,
+            layout=config.bm25_layout,
         )
     elif config.retriever == "run":
         run = read_run(config.run, options)

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from laconic_ray import sparse, storage
+from laconic_ray.config import ExportConfig
 from laconic_ray.storage import StorageOptions
 
 FORMATS = ("anserini", "seismic")
@@ -87,3 +88,16 @@ def integer_queries(csr: sp.csr_matrix, scale: float = 100.0) -> sp.csr_matrix:
     out = sparse.quantize(csr, scale)
     out.data = out.data.astype(np.float32)
     return out
+
+
+def run_export(config: ExportConfig) -> dict[str, Any]:
+    """CLI runner of ``laconic export``."""
+    files = config.files if config.format == "anserini" else 1
+    return export_vectors(
+        config.input,
+        config.output,
+        config.format,
+        scale=config.impact_scale,
+        files=files,
+        options=config.storage.options(),
+    )
