@@ -159,20 +159,6 @@ def to_dict(obj: Any) -> dict[str, Any]:
 # Each stage's schema lives here, beside the others, so that a newcomer finds every knob in one file.
 
 
-@dataclasses.dataclass
-class QuickstartConfig:
-    """``laconic quickstart``: every stage end to end on one collection, local Ray and local storage."""
-
-    dataset: str = "scifact"  # a name under $LACONIC_DATA, or a path/URI to a BEIR-format folder
-    data_root: str | None = None  # default $LACONIC_DATA
-    output: str = "runs/quickstart"
-    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
-
-    def validate(self) -> None:
-        check(bool(self.dataset), "dataset", "name a BEIR collection (e.g. scifact) or give its path")
-        check(bool(self.output), "output", "give a folder or URI for the run's outputs")
-
-
 ATTENTION_MODES = ("bidirectional", "echo", "causal")
 
 
@@ -700,3 +686,31 @@ class ExportConfig:
         )
         check(self.format in ("anserini", "seismic"), "format", "must be anserini or seismic")
         check(self.impact_scale > 0 and self.files > 0, "impact_scale", "must be > 0")
+
+
+@dataclasses.dataclass
+class QuickstartConfig:
+    """``laconic quickstart``: every stage end to end on one collection, on a local Ray cluster and local disk:
+    weak pairs -> phase 1 -> hard negatives -> phase 2 -> Ray Data encode -> sharded index -> serve -> eval."""
+
+    dataset: str = "scifact"  # a name under $LACONIC_DATA (downloaded from BEIR if missing), or a path
+    data_root: str | None = None
+    download: bool = True  # fetch the public BEIR archive when the collection is not found (needs internet)
+    output: str = "runs/quickstart"
+    corpus_limit: int | None = None  # shortened runs: the first N documents plus every judged document
+    query_limit: int | None = None  # shortened runs: the first N judged queries of each split
+    weak_pairs: int | None = 20000  # phase-1 pairs sampled from the corpus
+    num_shards: int = 2
+    http: bool = True  # also query the index over HTTP (Ray Serve) for the latency figures
+    port: int = 8000
+    baselines: bool = True  # also evaluate the untrained model, phase 1 and BM25 (the report's comparison)
+    encode_batch_size: int = 32
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mine: MineConfig = dataclasses.field(default_factory=MineConfig)
+    ray: RayConfig = dataclasses.field(default_factory=lambda: RayConfig(num_cpus=4))
+
+    def validate(self) -> None:
+        check(bool(self.dataset), "dataset", "name a BEIR collection (e.g. scifact) or give its path")
+        check(bool(self.output), "output", "give a folder for the run's outputs")
+        check(self.num_shards > 0, "num_shards", "must be > 0")
+        check(self.corpus_limit is None or self.corpus_limit > 0, "corpus_limit", "must be > 0 or null")

@@ -1,4 +1,5 @@
-"""Fixtures shared by every tier: the data root, and S3 on loopback (moto in server mode).
+"""Fixtures shared by every tier: the data root, S3 on loopback (moto in server mode), and one local Ray
+cluster for the Ray and integration tiers (started on first use).
 
 moto's server speaks the real S3 wire protocol over HTTP on 127.0.0.1, so s3fs/botocore run exactly as they
 would against AWS or MinIO (this is how s3fs's own suite tests). Credentials are dummies set for the whole
@@ -77,3 +78,26 @@ def s3_bucket(s3_endpoint):
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     fs.mkdir(bucket)
     return f"s3://{bucket}", options
+
+
+# One local Ray cluster for the whole session (Ray and integration tiers). Logical num_cpus=4 on these 2-core
+# machines: two training workers on a 2-CPU cluster would leave nothing for Ray Data and hang. Dashboard off.
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    for key, value in LOCAL_RAY_ENV.items():  # workers inherit the driver's environment at ray.init
+        os.environ.setdefault(key, value)
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            object_store_memory=1_500_000_000,
+            configure_logging=False,
+            log_to_driver=True,
+        )
+    yield ray
+    ray.shutdown()

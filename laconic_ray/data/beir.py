@@ -352,3 +352,29 @@ class BeirDataset:
         if not storage.exists(uri, self.options):
             raise FileNotFoundError(f"{uri}: no qrels for split {split!r} (have: {self.splits()})")
         return read_qrels(uri, options=self.options)
+
+
+def download_beir(name: str, root: str, url: str = BEIR_URL) -> str:
+    """Download and unpack a public BEIR collection into ``root/name`` (needs internet); returns the folder.
+
+    The archive holds ``<name>/corpus.jsonl``, ``queries.jsonl`` and ``qrels/*.tsv``. It is unpacked into a
+    temporary folder beside the target and renamed into place, so an interrupted download leaves nothing that
+    looks like a collection.
+    """
+    import shutil
+    import tempfile
+    import urllib.request
+    import zipfile
+
+    target = os.path.join(root, name)
+    if os.path.isdir(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        archive = os.path.join(tmp, f"{name}.zip")
+        with urllib.request.urlopen(url.format(name=name), timeout=120) as response, open(archive, "wb") as f:
+            shutil.copyfileobj(response, f)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmp)
+        os.replace(os.path.join(tmp, name), target)
+    return target

@@ -33,9 +33,10 @@ def ensure_ray(config: RayConfig) -> None:
     if ray.is_initialized():
         return
     runtime_env = worker_env()
-    if config.address:
-        log.info("connecting to Ray at %s", config.address)
-        ray.init(address=config.address, runtime_env=runtime_env, configure_logging=False)
+    address = config.address or os.environ.get("RAY_ADDRESS")  # set for drivers of `ray job submit`
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, configure_logging=False)
         return
     log.info("starting a local Ray cluster (num_cpus=%s)", config.num_cpus)
     for key, value in LOCAL_RAY_ENV.items():
