@@ -181,6 +181,9 @@ class ModelConfig:
     passage_max_length: int = 192
     top_k: int | None = 512  # weights kept per vector when encoding for the index
     vocab_chunk: int = 2048  # LM-head rows per pooling step: peak memory ~ batch x tokens x vocab_chunk
+    logit_bias: float = (
+        0.0  # subtracted before ReLU; >0 only for randomly initialised models (see encoder.py)
+    )
     seed: int = 0  # random init only
 
     def validate(self) -> None:

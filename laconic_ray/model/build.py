@@ -18,6 +18,7 @@ def encoder_settings(model: ModelConfig) -> dict[str, Any]:
         "query_max_length": model.query_max_length,
         "passage_max_length": model.passage_max_length,
         "top_k": model.top_k,
+        "logit_bias": model.logit_bias,
     }
 
 

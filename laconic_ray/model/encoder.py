@@ -63,6 +63,11 @@ class EncoderSettings:
     top_k: int | None = 512
     pooling: str = "max"
     activation: str = "log1p_relu"
+    # Subtracted from the pooled logits before ReLU. 0 for pretrained LLMs, whose LM heads already give most
+    # ids a negative logit. A randomly initialised model gives every id a positive max logit (dense vectors whose
+    # huge dot products saturate InfoNCE and collapse training); a small offset keeps only the ids that stand out,
+    # which are the text's own tokens (the lexical prior of tied embeddings).
+    logit_bias: float = 0.0
 
     def __post_init__(self) -> None:
         get_mode(self.mode)
@@ -187,8 +192,8 @@ def max_pool_logits_naive(
     return logits.masked_fill(~pool_mask.unsqueeze(-1), float("-inf")).amax(dim=1)
 
 
-def activate(pooled: torch.Tensor) -> torch.Tensor:
-    return torch.log1p(torch.relu(pooled))
+def activate(pooled: torch.Tensor, bias: float = 0.0) -> torch.Tensor:
+    return torch.log1p(torch.relu(pooled - bias)) if bias else torch.log1p(torch.relu(pooled))
 
 
 def dense_to_csr(weights: torch.Tensor, top_k: int | None) -> sp.csr_matrix:
@@ -277,7 +282,7 @@ class SparseEncoder(nn.Module):
         pooled = max_pool_logits(
             hidden, head.weight, getattr(head, "bias", None), pool_mask, self.vocab_chunk
         )
-        return activate(pooled)
+        return activate(pooled, self.settings.logit_bias)
 
     # ------------------------------------------------------------------------------------------- encoding
 
@@ -321,7 +326,7 @@ class SparseEncoder(nn.Module):
                 pooled = max_pool_logits(
                     hidden, head.weight, getattr(head, "bias", None), inputs.pool_mask, self.vocab_chunk
                 )
-                blocks.append(dense_to_csr(activate(pooled), top_k))
+                blocks.append(dense_to_csr(activate(pooled, self.settings.logit_bias), top_k))
                 t3 = time.perf_counter()
                 if stats is not None:
                     for key, value in (("pad_s", t1 - t0), ("forward_s", t2 - t1), ("pool_s", t3 - t2)):

@@ -46,7 +46,7 @@ class AdaptationModel(nn.Module):
         bias = getattr(head, "bias", None)
         lm = causal_lm_loss(hidden, head.weight, bias, ids, mask)
         pooled = max_pool_logits(hidden, head.weight, bias, pool, self.encoder.vocab_chunk)
-        return lm, saturation_loss(pooled, ids, mask), activate(pooled)
+        return lm, saturation_loss(pooled, ids, mask), activate(pooled, self.encoder.settings.logit_bias)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -259,3 +259,25 @@ def test_bfloat16_compute_returns_float32_weights_close_to_fp32():
     for a, b in zip(w16, w32, strict=True):
         top_a, top_b = set(a.topk(20).indices.tolist()), set(b.topk(20).indices.tolist())
         assert len(top_a & top_b) >= 15
+
+
+def test_logit_bias_shifts_before_relu_and_survives_save_load(tmp_path):
+    plain = tiny_encoder(top_k=None)
+    biased = tiny_encoder(top_k=None, logit_bias=0.5)
+    batch = plain.prepare(TEXTS, "passage")
+    with torch.no_grad():
+        pooled = max_pool_logits(
+            plain.hidden_states(batch.input_ids, batch.attention_mask),
+            plain.causal_lm.get_output_embeddings().weight,
+            None,
+            batch.pool_mask,
+        )
+        expected = torch.log1p(torch.relu(pooled - 0.5))
+        got = biased(batch.input_ids, batch.attention_mask, batch.pool_mask)
+    torch.testing.assert_close(got, expected)
+    dense, sparse = plain.encode(TEXTS, "passage"), biased.encode(TEXTS, "passage")
+    assert sparse.nnz < dense.nnz  # the offset drops ids whose max logit is small
+    biased.save_pretrained(tmp_path / "ckpt")
+    loaded = SparseEncoder.from_pretrained(tmp_path / "ckpt")
+    assert loaded.settings.logit_bias == 0.5
+    np.testing.assert_array_equal(loaded.encode(TEXTS, "passage").toarray(), sparse.toarray())
