@@ -270,8 +270,9 @@ def _http_latency(config: ServeConfig, queries: list[dict]) -> dict[str, float]:
 
     from ray import serve
 
-    from laconic_ray.distributed.http import deploy
+    from laconic_ray.distributed.http import deploy, serve_running
 
+    started_serve = not serve_running()
     base = deploy(config, config.storage.options())
 
     def ask(q):
@@ -287,6 +288,8 @@ def _http_latency(config: ServeConfig, queries: list[dict]) -> dict[str, float]:
         return latency(ask, queries)
     finally:
         serve.delete(config.name)
+        if started_serve:  # leave the cluster as we found it (a shared one may serve other apps)
+            serve.shutdown()
 
 
 def write_report(out: str, summary: dict[str, Any], trained: dict[str, Any]) -> None:

@@ -174,11 +174,29 @@ class SearchService:
         return self.searcher.stats()
 
 
+def serve_running() -> bool:
+    """Is a Serve controller already running on the connected Ray cluster?"""
+    return serve.context._get_global_client(raise_if_no_controller_running=False) is not None
+
+
+def _check_proxy_address(host: str, port: int) -> None:
+    # serve.start() on a cluster where Serve already runs keeps the running proxies' address and only logs a
+    # warning; an app deployed there would answer somewhere else than the caller was told.
+    running = serve.context._get_global_client().http_config
+    if (running.host, running.port) != (host, port):
+        raise ValueError(
+            f"Ray Serve already runs on this cluster with HTTP on {running.host}:{running.port}, not the "
+            f"configured {host}:{port}; set host={running.host} port={running.port}, or stop it first "
+            "(`serve shutdown`)"
+        )
+
+
 def deploy(config, options: StorageOptions) -> str:
     """Start Serve on ``config.host:config.port`` and run the app; returns its base URL."""
     import dataclasses
 
     serve.start(http_options={"host": config.host, "port": config.port})
+    _check_proxy_address(config.host, config.port)
     limits = {"max_k": config.max_k, "max_batch": config.max_batch, "max_query_chars": config.max_query_chars}
     service = SearchService.options(
         num_replicas=config.http_replicas, ray_actor_options={"num_cpus": config.http_cpus}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from laconic_ray import sparse, storage
 from laconic_ray.config import QuickstartConfig, load_config
+from laconic_ray.distributed.http import serve_running
 from laconic_ray.model import SparseEncoder
 from laconic_ray.quickstart import run_quickstart
 
@@ -68,6 +69,7 @@ def test_shortened_quickstart_produces_every_artefact(ray_session, tmp_path, dat
     assert set(summary["ndcg10"]) == {"untrained", "phase1", "phase2", "bm25"}
     assert all(0 <= v <= 1 for v in summary["ndcg10"].values()) and summary["ndcg10"]["bm25"] > 0.3
     assert set(summary["latency_ms"]) == {"python_client", "http"}
+    assert not serve_running()  # the Serve instance the quickstart started is gone again
     report = (out / "report.md").read_text()
     assert "nDCG@10" in report and "phase2" in report
     for figure in ("loss.png", "nnz.png", "ndcg10.png", "latency.png"):

@@ -3,6 +3,7 @@ S3 shards, HTTP validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -211,6 +212,9 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
         assert status == 422 and "batch limit" in json.dumps(answer)
         status, _ = post(f"{base}/search", None, raw=b"{not json")
         assert status == 422
+        # Serve keeps its first HTTP address: deploying for another port must say so, not answer elsewhere
+        with pytest.raises(ValueError, match=f"already runs on this cluster with HTTP on 127.0.0.1:{port}"):
+            deploy(dataclasses.replace(config, port=_free_port(), name="other"), config.storage.options())
     finally:
-        serve.delete(config.name)
+        serve.shutdown()
         shards.shutdown()
