@@ -14,7 +14,7 @@ query at a time, median and p99 over every query after 50 warm-up queries), all-
 (``batch_search`` with every core), and recall@10 against two exact references: float weights, and
 Lucene-style integer impacts round(100 w) on both sides (what quantized engines can at best reproduce).
 Results go to benchmarks/results/engines-<data>.json (one entry per engine, written as each finishes) and
-as a markdown table on stdout. Keep the machine otherwise idle.
+as a markdown table on stdout, with a latency-recall PNG beside the JSON. Keep the machine otherwise idle.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import common
 common.setup()
 
 import peers  # noqa: E402
+
+from laconic_ray.eval.plots import plot_latency_recall  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 50
@@ -219,6 +221,9 @@ def main() -> None:
                 )
         print(f"\n### {tag}: {docs.shape[0]} docs, {queries.shape[0]} queries\n")
         print(table([r for r in rows if "error" not in r]))
+        figure = RESULTS / f"latency-recall-{tag}.png"
+        plot_latency_recall(rows, str(figure), f"{tag}: {docs.shape[0]} docs, {queries.shape[0]} queries")
+        print(f"\n{figure}")
         for r in rows:
             if "error" in r:
                 print(f"\n{r['label']}: {r['error']}")
