@@ -179,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not stage.built:
         print(f"laconic {ns.stage}: not built yet (arrives with {stage.issue})", file=sys.stderr)
         return 2
+    ray_was_up = _ray_running()
     try:
         summary = run_stage(ns.stage, ns.args)
     except ConfigError as e:
@@ -191,8 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("laconic %s failed", ns.stage)
         print(f"laconic {ns.stage}: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    finally:
+        if _ray_running() and not ray_was_up:  # a cluster this command started: stop it, without hanging
+            from laconic_ray.distributed.cluster import shutdown_ray
+
+            shutdown_ray()
     print(json.dumps(summary, default=str))
     return int(summary.get("exit_code", 0))
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # never import Ray just to ask
+    return ray is not None and ray.is_initialized()
 
 
 if __name__ == "__main__":

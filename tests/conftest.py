@@ -100,4 +100,6 @@ def ray_session():
             log_to_driver=True,
         )
     yield ray
-    ray.shutdown()
+    from laconic_ray.distributed.cluster import shutdown_ray
+
+    shutdown_ray(timeout_s=60)

@@ -49,3 +49,34 @@ def ensure_ray(config: RayConfig) -> None:
         runtime_env=runtime_env,
         configure_logging=False,
     )
+
+
+def shutdown_ray(timeout_s: float = 30.0) -> bool:
+    """``ray.shutdown()`` that cannot hang this process; True if it finished cleanly.
+
+    Ray 2.60's shutdown unsubscribes its error/log subscribers from the GCS with an RPC that has no deadline.
+    After a long session that RPC can wait ~20 minutes for a connection to time out (seen at the end of our
+    test session; ray-project/ray#44836, #45044). So: shut down in a thread; if it is still stuck after
+    ``timeout_s``, kill the processes of the local cluster this process started, which fails the RPC and lets
+    the shutdown finish.
+    """
+    import atexit
+    import threading
+
+    if not ray.is_initialized():
+        return True
+    node = ray._private.worker._global_node  # the local cluster, when this process started one
+    thread = threading.Thread(target=ray.shutdown, name="laconic-ray-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not thread.is_alive():
+        return True
+    log.warning(
+        "ray.shutdown() still running after %.0f s (a known Ray hang); killing the local cluster", timeout_s
+    )
+    if node is not None and node.head:
+        node.kill_all_processes(check_alive=False, allow_graceful=False)
+    thread.join(timeout_s)
+    if thread.is_alive():  # it holds Ray's shutdown lock: the exit-time shutdown would wait on it forever
+        atexit.unregister(ray._private.worker.shutdown)
+    return False

@@ -108,7 +108,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, q_all, p_all, out):
+def _rank_main(rank: int, world: int, port: int, q_all, p_all, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -117,18 +117,18 @@ def _rank_main(rank: int, world: int, port: int, q_all, p_all, out):
         p = p_all[rank * b * g : (rank + 1) * b * g].clone().requires_grad_()
         terms = contrastive_loss(q, p, g, lambda_query=0.1, lambda_passage=0.05)
         terms.loss.backward()
-        out[rank] = (terms.loss.detach(), q.grad, p.grad)
+        torch.save((terms.loss.detach(), q.grad, p.grad), os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_gathered_loss_scales_by_world_size_and_keeps_local_gradients():
+def test_gathered_loss_scales_by_world_size_and_keeps_local_gradients(tmp_path):
     torch.manual_seed(0)
     world, b, g = 2, 2, 3
     q_all, p_all = torch.rand(world * b, 12), torch.rand(world * b * g, 12)
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(_rank_main, args=(world, _free_port(), q_all, p_all, out), nprocs=world, join=True)
+    # results come back through files: an mp.Manager would fork this process, Ray's gRPC threads and all
+    mp.spawn(_rank_main, args=(world, _free_port(), q_all, p_all, str(tmp_path)), nprocs=world, join=True)
+    out = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(world)]
     # single process over the global batch: the same loss, divided by the world size
     q_ref, p_ref = q_all.clone().requires_grad_(), p_all.clone().requires_grad_()
     ref = contrastive_loss(q_ref, p_ref, g, lambda_query=0.1, lambda_passage=0.05, gather=False)

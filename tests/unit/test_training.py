@@ -94,7 +94,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _grads(rank: int, world: int, port: int, strategy: str, out) -> None:
+def _grads(rank: int, world: int, port: int, strategy: str, out: str) -> None:
     from laconic_ray.training.objectives import DualEncoder
     from laconic_ray.training.parallel import wrap
 
@@ -117,17 +117,17 @@ def _grads(rank: int, world: int, port: int, strategy: str, out) -> None:
         for name, param in model.named_parameters():
             grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
             grads[name.replace("module.", "")] = grad.clone()
-        out[rank] = grads
+        torch.save(grads, os.path.join(out, f"{strategy}-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_fsdp2_on_cpu_gives_the_same_gradients_as_ddp():
+def test_fsdp2_on_cpu_gives_the_same_gradients_as_ddp(tmp_path):
     results = {}
     for strategy in ("ddp", "fsdp"):
-        out = mp.Manager().dict()
-        mp.spawn(_grads, args=(2, _free_port(), strategy, out), nprocs=2, join=True)
-        results[strategy] = out[0]
+        # results come back through files: an mp.Manager would fork this process, Ray's gRPC threads and all
+        mp.spawn(_grads, args=(2, _free_port(), strategy, str(tmp_path)), nprocs=2, join=True)
+        results[strategy] = torch.load(tmp_path / f"{strategy}-rank0.pt", weights_only=True)
     assert results["ddp"].keys() == results["fsdp"].keys()
     for name in results["ddp"]:
         torch.testing.assert_close(results["fsdp"][name], results["ddp"][name], rtol=1e-5, atol=1e-5)
