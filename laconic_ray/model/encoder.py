@@ -108,36 +108,106 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}") from None
 
 
-class SegmentMax(torch.autograd.Function):
-    """Max over consecutive row segments of a [n, chunk] matrix -> [segments, chunk] (``-inf`` if empty).
+def _segment_max(flat, weight, bias, bounds, chunk):
+    """Per-row layout: each segment (a text's pooled rows ``flat[lo:hi]``) times each vocabulary chunk is one
+    small matmul whose [rows, chunk] logits stay in cache and are reduced at once. The loop runs over chunks,
+    then segments, so a chunk of the LM head (chunk x hidden) is reused from cache by every segment. Measured
+    3x faster than one [n_pooled, chunk] matmul per chunk followed by the max, which streams the logits
+    through memory (tiny preset, 64 passages, 2 cores)."""
+    vocab = weight.shape[0]
+    values = flat.new_full((len(bounds) - 1, vocab), -torch.inf)
+    spans = [(i, lo, hi) for i, (lo, hi) in enumerate(itertools.pairwise(bounds)) if hi > lo]
+    for start in range(0, vocab, chunk):
+        w = weight[start : start + chunk]
+        b = None if bias is None else bias[start : start + chunk]
+        for i, lo, hi in spans:
+            torch.amax(
+                torch.nn.functional.linear(flat[lo:hi], w, b), dim=0, out=values[i, start : start + chunk]
+            )
+    return values
 
-    Autograd of per-segment slicing would build one [n, chunk] zero gradient per segment (quadratic); this
-    keeps the argmax rows and scatters the incoming gradient into a single [n, chunk] tensor.
+
+def _segment_argmax(flat, weight, bounds, text, col):
+    """The row of ``flat`` that gave each (text, id) its max, for the given entries only (sorted by text):
+    one [rows, entries] matmul per text. The bias is the same for every row of an id, so it cannot change
+    the argmax. Costs ~ (share of non-zero gradients) x the forward."""
+    rows = torch.full_like(col, -1)
+    counts = torch.bincount(text, minlength=len(bounds) - 1).tolist()
+    offset = 0
+    for (lo, hi), n in zip(itertools.pairwise(bounds), counts, strict=True):
+        if n and hi > lo:
+            ids = col[offset : offset + n]
+            rows[offset : offset + n] = (flat[lo:hi] @ weight[ids].T).argmax(dim=0) + lo
+        offset += n
+    return rows
+
+
+def _dense_max(flat, weight, bias, pool_mask, chunk, want_argmax):
+    """Dense layout: [batch, tokens, chunk] logits per chunk with non-pooled positions at ``-inf``, one max
+    kernel per chunk (a per-text loop over 2,048 passages would be launch-bound on a GPU). The argmax is kept
+    from the forward here: on a GPU it costs nothing extra, recomputing it per text would."""
+    batch, tokens = pool_mask.shape
+    hidden = flat.view(batch, tokens, -1)
+    masked = ~pool_mask.unsqueeze(-1)
+    offsets = (torch.arange(batch, device=flat.device) * tokens).view(batch, 1)
+    values, argmaxes = [], []
+    for start in range(0, weight.shape[0], chunk):
+        b = None if bias is None else bias[start : start + chunk]
+        logits = torch.nn.functional.linear(hidden, weight[start : start + chunk], b).masked_fill_(
+            masked, -torch.inf
+        )
+        best, where = logits.max(dim=1)
+        values.append(best)
+        if want_argmax:  # a row of `flat`; -1 where the text has no pooled position
+            argmaxes.append(torch.where(torch.isinf(best), -1, where + offsets).to(torch.int32))
+    return torch.cat(values, dim=1), torch.cat(argmaxes, dim=1) if want_argmax else None
+
+
+class PooledProjection(torch.autograd.Function):
+    """``max over each text's pooled rows of (rows @ weight.T + bias)`` -> [texts, vocab] fp32.
+
+    Why a custom autograd function: the max sends each (text, id) gradient to exactly one row, and the
+    activation ``log1p(relu(. - bias))`` leaves most ids with no gradient at all. Plain autograd would still
+    run two dense [rows, vocab] x hidden matmuls in backward (twice the forward's cost) and keep the logits
+    (or their argmax per chunk) alive. Here backward touches the non-zero gradient entries only:
+    O(nnz x hidden) plus, in the per-row layout, finding their argmax rows again (O(nnz x rows x hidden)).
+    Tiny preset on 2 cores at 5% non-zero weights: forward + backward 2.3x faster than plain autograd.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-        rows = len(bounds) - 1
-        values = logits.new_full((rows, logits.shape[1]), -torch.inf)
-        argmax = torch.zeros((rows, logits.shape[1]), dtype=torch.long, device=logits.device)
-        for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-            if hi > lo:
-                torch.max(logits[lo:hi], dim=0, out=(values[i], argmax[i]))
-                argmax[i] += lo
-        ctx.save_for_backward(argmax)
-        ctx.n = logits.shape[0]
-        ctx.empty = [i for i, (lo, hi) in enumerate(itertools.pairwise(bounds)) if hi == lo]
-        return values
+    def forward(ctx, flat, weight, bias, layout, chunk):
+        kind, plan = layout
+        train = any(ctx.needs_input_grad[:3])
+        argmax = None
+        if kind == "segments":
+            values = _segment_max(flat, weight, bias, plan, chunk)
+        else:
+            values, argmax = _dense_max(flat, weight, bias, plan, chunk, train)
+        if train:
+            ctx.save_for_backward(flat, weight, argmax)
+            ctx.bounds = plan if kind == "segments" else None
+            ctx.has_bias = bias is not None
+        return values.float()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (argmax,) = ctx.saved_tensors
-        if ctx.empty:
-            grad = grad.clone()
-            grad[ctx.empty] = 0  # an empty segment's -inf has no source row
-        out = grad.new_zeros((ctx.n, grad.shape[1]))
-        out.scatter_add_(0, argmax, grad)
-        return out, None
+    def backward(ctx, grad):
+        flat, weight, argmax = ctx.saved_tensors
+        text, col = grad.nonzero(as_tuple=True)
+        if argmax is None:
+            rows = _segment_argmax(flat, weight, ctx.bounds, text, col)
+        else:
+            rows = argmax[text, col].long()
+        keep = rows >= 0  # a text with no pooled position has no source row
+        col, rows = col[keep], rows[keep]
+        g = grad[text[keep], col].to(flat.dtype).unsqueeze(1)
+        grad_flat = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_flat = torch.zeros_like(flat).index_add_(0, rows, g * weight[col])
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(weight).index_add_(0, col, g * flat[rows])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = weight.new_zeros(weight.shape[0]).index_add_(0, col, g.squeeze(1))
+        return grad_flat, grad_weight, grad_bias, None, None
 
 
 def max_pool_logits(
@@ -150,38 +220,29 @@ def max_pool_logits(
 ) -> torch.Tensor:
     """``max over pooled t of (hidden[b, t] @ weight.T + bias)`` -> [batch, vocab] fp32, chunked over vocab.
 
-    Two layouts of the same computation (``per_row=None`` picks by device):
+    Two layouts of the same computation (``per_row=None`` picks by device), both with the sparse backward of
+    :class:`PooledProjection`:
 
     * per row (CPU): only pooled positions are projected. They are gathered into one [n_pooled, hidden]
-      matrix (padding and the first copy of an echo input never reach the LM head), each vocabulary chunk is
-      one matmul, and each row's max is taken over its own contiguous slice. Peak extra memory n_pooled x chunk;
-      measured 1.5-2x faster than the dense layout on 2 CPU cores, mostly from skipped padding.
-    * dense (GPU): [batch, tokens, chunk] logits with non-pooled positions set to ``-inf`` in place, one max
-      kernel per chunk instead of one per row (a per-row loop over 2,048 passages would be launch-bound).
+      matrix (padding and the first copy of an echo input never reach the LM head); each (text, vocabulary
+      chunk) pair is one cache-sized matmul and its max.
+    * dense (GPU): [batch, tokens, chunk] logits with non-pooled positions set to ``-inf``, one max kernel
+      per chunk.
 
-    Rows with no pooled position (an empty text) stay ``-inf``, which ReLU turns into all-zero weights.
+    Peak extra memory is one chunk of logits, never [batch, tokens, vocab]. Rows with no pooled position (an
+    empty text) stay ``-inf``, which ReLU turns into all-zero weights.
     """
     if chunk <= 0:
         raise ValueError(f"vocab chunk must be > 0, got {chunk}")
     if per_row is None:
         per_row = hidden.device.type == "cpu"
-    vocab = weight.shape[0]
-    pieces = []
     if per_row:
         flat = hidden[pool_mask]  # [n_pooled, hidden], rows in order (boolean indexing is row-major)
-        bounds = [0, *torch.cumsum(pool_mask.sum(dim=1), 0).tolist()]
-        for start in range(0, vocab, chunk):
-            b = None if bias is None else bias[start : start + chunk]
-            logits = torch.nn.functional.linear(flat, weight[start : start + chunk], b)  # [n_pooled, chunk]
-            pieces.append(SegmentMax.apply(logits, bounds).float())
+        layout = ("segments", [0, *torch.cumsum(pool_mask.sum(dim=1), 0).tolist()])
     else:
-        masked = ~pool_mask.unsqueeze(-1)  # [B, T, 1]
-        for start in range(0, vocab, chunk):
-            b = None if bias is None else bias[start : start + chunk]
-            logits = torch.nn.functional.linear(hidden, weight[start : start + chunk], b)  # [B, T, chunk]
-            # In place: the matmul's backward does not need its output, so this costs no extra [B, T, chunk].
-            pieces.append(logits.masked_fill_(masked, -torch.inf).amax(dim=1).float())
-    return torch.cat(pieces, dim=1)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        layout = ("dense", pool_mask)
+    return PooledProjection.apply(flat, weight, bias, layout, chunk)
 
 
 def max_pool_logits_naive(

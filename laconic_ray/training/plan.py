@@ -11,7 +11,8 @@ The model is instantiated on the meta device (shapes, no memory), so an 8B plan 
   micro-batch, plus one layer's full intermediates recomputed in backward (attention through flash/SDPA
   kernels needs no sequence x sequence matrix);
 * the sparse head: one vocabulary chunk of logits over the pooled tokens, the [batch, vocab] fp32
-  representations of the worker's queries and passages, and the passages gathered from every worker.
+  representations of the worker's queries and passages (values, gradients and the int32 argmax that
+  PooledProjection keeps for backward), and the passages gathered from every worker.
 
 The estimate is deliberately simple and conservative (10% headroom for allocator fragmentation and CUDA
 context); it is meant to say whether a preset fits an 80 GB GPU and, if not, what to change.
@@ -97,7 +98,7 @@ def plan_phase(config: TrainConfig, index: int, gpu_gb: float, model: nn.Module 
     else:
         gb["activations"] = tokens * (10 * hidden + 3 * intermediate) * compute_bytes * len(layers) / GB
     pooled_tokens = max(tokens_q, tokens_p)
-    representations = (phase.micro_batch_queries + passages) * vocab * 4 * 2  # values + grads
+    representations = (phase.micro_batch_queries + passages) * vocab * 4 * 3  # values, grads, argmax
     gathered = (world * passages * vocab * 4) if phase.gather_negatives and index > 0 else 0
     gb["sparse_head"] = (pooled_tokens * config.model.vocab_chunk * 4 * 2 + representations + gathered) / GB
     total = sum(gb.values())

@@ -111,7 +111,7 @@ def test_chunked_pooling_equals_naive(chunk, per_row):
     # float64 so that summation order (chunked vs not) is far below the tolerance
     hidden = torch.randn(3, 9, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(30522, 16, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(30522, dtype=torch.float64)
+    bias = torch.randn(30522, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[1, 5:] = False
     mask[2, :] = False  # an empty text: every weight 0 after ReLU
@@ -121,9 +121,9 @@ def test_chunked_pooling_equals_naive(chunk, per_row):
     assert (activate(chunked)[2] == 0).all()
     # gradients agree too (what training relies on)
     g = torch.randn(3, 30522, dtype=torch.float64)
-    grads_chunked = torch.autograd.grad((activate(chunked) * g).sum(), (hidden, weight))
+    grads_chunked = torch.autograd.grad((activate(chunked) * g).sum(), (hidden, weight, bias))
     grads_naive = torch.autograd.grad(
-        (activate(max_pool_logits_naive(hidden, weight, bias, mask)) * g).sum(), (hidden, weight)
+        (activate(max_pool_logits_naive(hidden, weight, bias, mask)) * g).sum(), (hidden, weight, bias)
     )
     for a, b in zip(grads_chunked, grads_naive, strict=True):
         torch.testing.assert_close(a, b)
