@@ -79,6 +79,8 @@ def test_four_shards_equal_one_index_exactly(ray_session, vectors, tmp_path, par
         assert (
             sum(s["docs"] for s in stats["shards"]) == len(doc_ids) and stats["queries"] == len(results) + 1
         )
+        assert stats["compiled_graph"]  # the scatter ran through a compiled graph
+        assert all(s["calls"] == 2 for s in stats["shards"])
     finally:
         client.shutdown()
 
@@ -113,6 +115,10 @@ def test_a_killed_shard_loses_no_query(ray_session, vectors, tmp_path):
         assert [r.doc_ids for r in results] == [reference[i % 300] for i in range(1000)]
         stats = client.stats()
         assert stats["shards"][1]["restarts"] >= 1  # it came back
+        # the compiled graph died with the actor; once every shard answers again it is compiled anew
+        client._graph_retry_at = 0.0
+        assert client.search(stream[0], k=10).doc_ids == reference[0]
+        assert client.stats()["compiled_graph"]
     finally:
         client.shutdown()
 
