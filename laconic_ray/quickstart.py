@@ -243,6 +243,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                 for i in range(vectors_q.shape[0])
             ]
             latencies = {"python_client": latency(lambda q: searcher.search(q, 10), sparse_queries)}
+            searcher.release_graph()  # the HTTP replica compiles its own over the same actors
             if config.http:
                 latencies["http"] = _http_latency(serve_config, sparse_queries)
         finally:
@@ -266,27 +267,30 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
 
 
 def _http_latency(config: ServeConfig, queries: list[dict]) -> dict[str, float]:
-    import urllib.request
+    """POST /search latency over one kept-alive connection (what a service client holds)."""
+    import http.client
 
     from ray import serve
 
     from laconic_ray.distributed.http import deploy, serve_running
 
     started_serve = not serve_running()
-    base = deploy(config, config.storage.options())
+    deploy(config, config.storage.options())
+    connection = http.client.HTTPConnection(config.host, config.port, timeout=60)
 
     def ask(q):
-        request = urllib.request.Request(
-            f"{base}/search",
-            data=json.dumps({"vector": q, "k": 10}).encode(),
-            headers={"Content-Type": "application/json"},
+        connection.request(
+            "POST", "/search", json.dumps({"vector": q, "k": 10}), {"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            response.read()
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"POST /search answered {response.status}: {body[:200]!r}")
 
     try:
         return latency(ask, queries)
     finally:
+        connection.close()
         serve.delete(config.name)
         if started_serve:  # leave the cluster as we found it (a shared one may serve other apps)
             serve.shutdown()
