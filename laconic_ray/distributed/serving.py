@@ -14,9 +14,10 @@
 * Queries are text (encoded here by the model, loaded once) or sparse vectors ``{"indices", "values"}``.
 * With ``compiled=True`` the scatter-gather runs as a Ray Compiled Graph (one per replica set: the payload
   goes to every shard through shared-memory channels, no task submission per call), which removes about a
-  millisecond per query. A graph belongs to the process that compiled it and an actor can be in one graph
-  only, so a second searcher on the same actors, a failed call or a dead actor falls back to ordinary actor
-  calls (with their timeouts and retries); the graph is compiled again once every shard answers.
+  millisecond per query. A graph belongs to the process that compiled it, and an actor can be in one graph
+  only: compile in one process per set of actors (a second graph over the same actors compiles, but its
+  calls hang until ``timeout_s`` and then fall back). A failed call or a dead actor falls back to ordinary
+  actor calls (with their timeouts and retries); the graph is compiled again once every shard answers.
 """
 
 from __future__ import annotations
