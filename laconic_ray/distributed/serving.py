@@ -16,7 +16,7 @@
   goes to every shard through shared-memory channels, no task submission per call), which removes about a
   millisecond per query. A graph belongs to the process that compiled it, and an actor can be in one graph
   only: compile in one process per set of actors (a second graph over the same actors compiles, but its
-  calls hang until ``timeout_s`` and then fall back). A failed call or a dead actor falls back to ordinary
+  first call hangs until ``timeout_s``; new graphs that never answer are retried ever less often). A failed call or a dead actor falls back to ordinary
   actor calls (with their timeouts and retries); the graph is compiled again once every shard answers.
 """
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "laconic"
 PAYLOAD_FIELDS = 7  # ShardServer.batch_search's arguments
-GRAPH_RETRY_S = 5.0  # after a compiled-graph failure, actor calls for at least this long
+GRAPH_RETRY_S = 5.0  # after a compiled-graph failure, actor calls for at least this long (doubling)
 
 
 @dataclasses.dataclass
@@ -130,11 +130,14 @@ class _CompiledScatter:
             raise
         self.locks = [threading.Lock() for _ in self.graphs]
         self._turn = itertools.count()
+        self.answered = 0  # calls that came back
 
     def __call__(self, payload: tuple, timeout_s: float) -> list[Any]:
         replica = next(self._turn) % len(self.graphs)
         with self.locks[replica]:  # a graph runs one execution at a time, in order
-            return ray.get(self.graphs[replica].execute(*payload), timeout=timeout_s)
+            answers = ray.get(self.graphs[replica].execute(*payload), timeout=timeout_s)
+        self.answered += 1
+        return answers
 
     def teardown(self) -> None:
         graphs, self.graphs = self.graphs, []
@@ -219,6 +222,7 @@ class ShardedSearcher:
         self._graph: _CompiledScatter | None = None
         self._graph_lock = threading.Lock()
         self._graph_retry_at = 0.0
+        self._graph_failures = 0  # graphs in a row that failed before answering once
         if compiled:
             self._compile()
         self.encoder = None
@@ -367,6 +371,8 @@ class ShardedSearcher:
         try:
             answers = dict(enumerate(graph(payload, self.timeout_s)))
         except Exception as e:  # a dead actor tears the graph down; a timeout leaves it out of step
+            # a graph that never answered may be over actors another process's graph holds: back off
+            self._graph_failures = 0 if graph.answered else self._graph_failures + 1
             log.warning("compiled scatter failed (%s); falling back to actor calls", e)
             self._drop_graph()
             return None
@@ -384,7 +390,8 @@ class ShardedSearcher:
     def _drop_graph(self, wait: bool = False) -> None:
         with self._graph_lock:
             graph, self._graph = self._graph, None
-            self._graph_retry_at = time.monotonic() + GRAPH_RETRY_S
+            backoff = min(GRAPH_RETRY_S * 2**self._graph_failures, 600.0)
+            self._graph_retry_at = time.monotonic() + backoff
         if graph is not None and wait:
             graph.teardown()
         elif graph is not None:  # after a failure: an actor that hangs must not block the caller
