@@ -170,6 +170,7 @@ class TermAtATime:
         self._ids: list[str] = []
         self._csc: sp.csc_matrix | None = None
         self._kernel: Any = None
+        self._acc = np.zeros(0, dtype=np.float32)  # one score per document, reused across queries
 
     @property
     def config(self) -> dict[str, Any]:

@@ -16,8 +16,9 @@
   goes to every shard through shared-memory channels, no task submission per call), which removes about a
   millisecond per query. A graph belongs to the process that compiled it, and an actor can be in one graph
   only: compile in one process per set of actors (a second graph over the same actors compiles, but its
-  first call hangs until ``timeout_s``; new graphs that never answer are retried ever less often). A failed call or a dead actor falls back to ordinary
-  actor calls (with their timeouts and retries); the graph is compiled again once every shard answers.
+  first call hangs until ``timeout_s``; new graphs that never answer are retried ever less often). A failed
+  call or a dead actor falls back to ordinary actor calls (with their timeouts and retries); the graph is
+  compiled again once every shard answers.
 """
 
 from __future__ import annotations
@@ -348,10 +349,10 @@ class ShardedSearcher:
         with self._graph_lock:
             if self._graph is not None:
                 return
-            self._graph_retry_at = time.monotonic() + GRAPH_RETRY_S
             try:
                 self._graph = _CompiledScatter(self.actors, PAYLOAD_FIELDS)
-            except Exception as e:  # e.g. the actors are in another process's graph
+            except Exception as e:
+                self._graph_retry_at = time.monotonic() + GRAPH_RETRY_S
                 log.info("no compiled graph over %s (%s); using actor calls", self.index, e)
 
     def _scatter_compiled(self, payload: tuple, started: float) -> dict[int, list] | None:
