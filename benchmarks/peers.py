@@ -226,9 +226,10 @@ class LaconicRay:
         query_mass: float | None = None,
         quantization: str = "uint8",
         block_size: int = 64,
+        reorder: str = "bp",
     ) -> None:
         self.mode, self.alpha, self.query_mass = mode, alpha, query_mass
-        self.quantization, self.block_size = quantization, block_size
+        self.quantization, self.block_size, self.reorder = quantization, block_size, reorder
         self._index: Any = None
 
     @property
@@ -239,13 +240,18 @@ class LaconicRay:
             "query_mass": self.query_mass,
             "quantization": self.quantization,
             "block_size": self.block_size,
+            "reorder": self.reorder,
         }
 
     def build(self, doc_ids: list[str], docs: sp.csr_matrix, workdir: str) -> None:
         from laconic_ray.index.inverted import InvertedIndex
 
         self._index = InvertedIndex.build(
-            _checked(doc_ids, docs), doc_ids, quantization=self.quantization, block_size=self.block_size
+            _checked(doc_ids, docs),
+            doc_ids,
+            quantization=self.quantization,
+            block_size=self.block_size,
+            reorder=self.reorder,
         )
 
     def search(self, q_indices: np.ndarray, q_values: np.ndarray, k: int) -> list[str]:

@@ -532,6 +532,9 @@ class IndexConfig:
     partition: str = "range"  # range (contiguous slices of the input) | hash (stable hash of the doc id)
     quantization: str = "uint8"  # uint8 | uint16 | float32
     block_size: int = 64  # documents per block (16-256; see laconic_ray/index/inverted.py)
+    reorder: str = (
+        "bp"  # bp (number documents by graph bisection: tighter block bounds) | none (doc-id order)
+    )
     num_cpus_per_task: float = 1.0
     max_retries: int = 3
     force: bool = False  # rebuild an index whose manifest already exists
@@ -549,6 +552,7 @@ class IndexConfig:
             "must be uint8, uint16 or float32",
         )
         check(1 <= self.block_size <= 256, "block_size", "must be in [1, 256]")
+        check(self.reorder in ("bp", "none"), "reorder", "must be bp or none")
         check(self.num_cpus_per_task > 0 and self.max_retries >= 0, "num_cpus_per_task", "must be > 0")
 
 

@@ -103,6 +103,7 @@ def run_index(config: IndexConfig) -> dict[str, Any]:
             quantization=config.quantization,
             scale=scale,
             block_size=config.block_size,
+            reorder=config.reorder,
             metadata=metadata,
             options=options,
         )
@@ -124,6 +125,7 @@ def run_index(config: IndexConfig) -> dict[str, Any]:
             "scale": scale,
             "partition": config.partition,
             "block_size": config.block_size,
+            "reorder": config.reorder,
             "input": config.input,
         },
         options,

@@ -6,14 +6,14 @@ One query:
    items than the postings.
 2. **Best-bound-first scoring**: blocks are visited in decreasing bound. A block is scored exactly (each query
    term's postings inside it, found by binary search among the term's entries, accumulated into a 64-slot
-   buffer) and its documents offered to a top-k heap. As soon as ``alpha * ub[b]`` falls below the k-th
+   buffer) and its documents offered to a top-k heap, which holds their ranks in doc-id order (``doc_rank``; the
+identity when empty) so that ties go to the lower doc id whatever the internal numbering. As soon as ``alpha * ub[b]`` falls below the k-th
    score, no later block can contribute (exact when ``alpha == 1``) and the search stops.
 
 Scores are accumulated in float64: ``q_w`` (float32, 24 significant bits) times an integer impact (<= 16 bits)
 is exact, and sums of a few dozen such products stay exact in 53 bits, so the result does not depend on the
 order of summation and equals an exhaustive float64 dot product bit for bit; bounds get a relative margin
-(``BOUND_SLACK``) so that rounding can never make a bound undercut a score. Ties go to the lower internal
-document number, which build.py makes the doc-id order.
+(``BOUND_SLACK``) so that rounding can never make a bound undercut a score.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def _find_entry(entry_block, lo, hi, block):
     return -1
 
 
-MAX_TABLE_TERMS = 64  # query terms whose (term, block) -> entry map is tabulated; the rest use binary search
+MAX_TABLE_TERMS = (
+    64  # sparse query terms whose (term, block) -> entry map is tabulated; the rest: binary search
+)
 ROUND_FACTOR = 0.85  # each round scores the blocks whose bound lies within this factor of the last round's
 GROUP = 64  # blocks scored together: gathers of independent loads let the CPU overlap cache misses
 
@@ -110,6 +112,7 @@ def search_one(
     entry_post,
     post_doc,
     post_imp,
+    doc_rank,
     n_docs,
     block_size,
     ub,
@@ -118,14 +121,19 @@ def search_one(
     out_scores,
     out_docs,
 ):
-    """Top-``k`` of one query into ``out_scores``/``out_docs`` (best first); returns how many were found.
+    """Top-``k`` of one query into ``out_scores``/``out_docs`` (best first, as ranks in doc-id order); returns
+    how many were found.
 
-    Scratch owned by the caller: ``ub`` ([n_blocks] float64) and ``table`` ([MAX_TABLE_TERMS, n_blocks]
-    int64), with ``stamp`` a number not used by the previous query on the same table (no clearing needed).
+    Scratch owned by the caller: ``ub`` ([n_blocks] float64) and ``table`` ([n_blocks, MAX_TABLE_TERMS]
+    int64: per block, the entry of each of the query's first sparse terms, so that scoring a block reads a
+    few adjacent cache lines), with ``stamp`` a number not used by the previous query on the same table (no
+    clearing needed).
     Raw scores: multiply by the shard's scale outside.
 
     (1) One pass over the query terms' entries sums the block bounds and records, per (query term, block),
-    where the term's postings in that block are. (2) Blocks are scored in rounds of decreasing bound (each
+    where the term's postings in that block are. Dense terms (one entry per block, build.pad_dense_terms)
+    need no record: their entry for block ``b`` is ``term_ptr[t] + b``, and their bounds add in one
+    contiguous pass. (2) Blocks are scored in rounds of decreasing bound (each
     round takes the blocks whose bound lies within ``ROUND_FACTOR`` of the previous round's floor), so the
     k-th score ``theta`` rises early; the search stops once no unscored block can reach ``theta / alpha``.
     A block left out has ``alpha * bound < theta <= final k-th score``: with ``alpha = 1`` it cannot hold a
@@ -133,20 +141,30 @@ def search_one(
     """
     n_blocks = ub.shape[0]
     nq = q_terms.shape[0]
-    n_tab = min(nq, table.shape[0])
+    ranked = doc_rank.shape[0] > 0
     ub[:] = 0.0
     tag = stamp << 32
+    dense_base = np.full(nq, -1, dtype=np.int64)  # dense terms: their first entry
+    slot = np.full(nq, -1, dtype=np.int64)  # sparse terms: their column of the table (-1: binary search)
+    n_slots = 0
     for i in range(nq):
         t = q_terms[i]
         w = q_weights[i]
-        if i < n_tab:
-            row = table[i]
-            for e in range(term_ptr[t], term_ptr[t + 1]):
+        e0, e1 = term_ptr[t], term_ptr[t + 1]
+        if e1 - e0 == n_blocks:
+            dense_base[i] = e0
+            maxima = entry_max[e0:e1]
+            for b in range(n_blocks):
+                ub[b] += w * maxima[b]
+        elif n_slots < table.shape[1]:
+            slot[i] = n_slots
+            for e in range(e0, e1):
                 b = entry_block[e]
                 ub[b] += w * entry_max[e]
-                row[b] = tag | e
+                table[b, n_slots] = tag | e
+            n_slots += 1
         else:
-            for e in range(term_ptr[t], term_ptr[t + 1]):
+            for e in range(e0, e1):
                 ub[entry_block[e]] += w * entry_max[e]
 
     n_cand = 0
@@ -197,9 +215,12 @@ def search_one(
             nf = 0
             for j in range(g0, g1):
                 b = batch[j]
+                row = table[b]
                 for i in range(nq):
-                    if i < n_tab:
-                        code = table[i, b]
+                    if dense_base[i] >= 0:
+                        e = dense_base[i] + b
+                    elif slot[i] >= 0:
+                        code = row[slot[i]]
                         e = code & 0xFFFFFFFF if (code >> 32) == stamp else -1
                     else:
                         t = q_terms[i]
@@ -226,9 +247,13 @@ def search_one(
                     if s > 0.0:
                         acc[offset + off] = 0.0
                         doc = base + off
+                        if doc >= n_docs:
+                            continue
                         # the heap call only for documents that enter the top k (most do not)
-                        if doc < n_docs and (n < k or s > hs[0] or (s == hs[0] and doc < hi[0])):
-                            n = _offer(hs, hi, n, k, s, doc)
+                        if n < k or s >= hs[0]:
+                            r = np.int64(doc_rank[doc]) if ranked else doc
+                            if n < k or s > hs[0] or r < hi[0]:
+                                n = _offer(hs, hi, n, k, s, r)
         ceiling = floor
         floor = floor * ROUND_FACTOR
 
@@ -255,6 +280,7 @@ def search_batch(
     entry_post,
     post_doc,
     post_imp,
+    doc_rank,
     n_docs,
     block_size,
     n_blocks,
@@ -269,7 +295,7 @@ def search_batch(
     per_chunk = (n_queries + n_chunks - 1) // n_chunks
     for c in nb.prange(n_chunks):
         ub = np.zeros(n_blocks, dtype=np.float64)
-        table = np.zeros((MAX_TABLE_TERMS, n_blocks), dtype=np.int64)
+        table = np.zeros((n_blocks, MAX_TABLE_TERMS), dtype=np.int64)
         for qi in range(c * per_chunk, min(n_queries, (c + 1) * per_chunk)):
             lo, hi = q_ptr[qi], q_ptr[qi + 1]
             out_counts[qi] = search_one(
@@ -283,6 +309,7 @@ def search_batch(
                 entry_post,
                 post_doc,
                 post_imp,
+                doc_rank,
                 n_docs,
                 block_size,
                 ub,

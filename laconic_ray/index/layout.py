@@ -22,17 +22,19 @@ from laconic_ray.storage import StorageOptions
 
 SHARD_FILE = "shard.json"
 FORMAT = "laconic-ray-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: doc_rank (documents reordered by bisection)
 
 # name -> what it holds (all arrays are 1-D)
 ARRAYS = {
     "term_ptr": "int64 [vocab + 1]: range of a term's block entries",
     "entry_block": "uint16|uint32 [entries]: block id of each (term, block) entry, ascending within a term",
     "entry_max": "impact dtype [entries]: max impact of the term within the block (the block-max bound)",
-    "entry_post": "uint32|int64 [entries + 1]: start of the entry's postings; the next entry's start ends it",
+    "entry_post": "uint32|int64 [entries + 1]: start of the entry's postings; the next entry's start ends it "
+    "(equal for the empty entries of dense terms, which have one entry per block)",
     "post_doc": "uint8 [postings or 0]: document offset within its block (block_size <= 256); empty if packed",
     "post_imp": "uint16|uint32 [postings]: impact << 8 | offset (integer impacts), or float32 impacts",
-    "doc_len": "int32 [docs]: non-zero weights per document",
+    "doc_len": "int32 [docs]: non-zero weights per document, in rank (doc-id) order",
+    "doc_rank": "uint32 [docs or 0]: rank in doc-id order of each internal document; empty = identity",
     "id_bytes": "uint8 [...]: UTF-8 doc ids, concatenated in internal order",
     "id_offsets": "int64 [docs + 1]: doc id i is id_bytes[id_offsets[i]:id_offsets[i + 1]]",
 }
@@ -51,6 +53,7 @@ class ShardMeta:
     scale: float  # score = scale * sum(q_w * impact)
     n_postings: int
     n_entries: int
+    reorder: str = "none"  # how internal numbers were assigned (bp | none)
     files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     format: str = FORMAT
@@ -155,8 +158,8 @@ def check_structure(arrays: dict[str, np.ndarray], meta: ShardMeta, where: str) 
         fail("entry_block", f"block id >= {n_blocks} blocks")
     if len(entry_post) != meta.n_entries + 1 or entry_post[0] != 0 or entry_post[-1] != meta.n_postings:
         fail("entry_post", "length or end points disagree with the shard description")
-    if np.any(np.diff(entry_post.astype(np.int64)) <= 0):
-        fail("entry_post", "entries must own at least one posting, in order")
+    if np.any(np.diff(entry_post.astype(np.int64)) < 0):
+        fail("entry_post", "entry posting ranges must not decrease")
     packed = len(arrays["post_doc"]) == 0
     if len(arrays["post_imp"]) != meta.n_postings or not (
         packed or len(arrays["post_doc"]) == meta.n_postings
@@ -173,3 +176,6 @@ def check_structure(arrays: dict[str, np.ndarray], meta: ShardMeta, where: str) 
         fail("id_offsets", "does not cover id_bytes")
     if len(arrays["doc_len"]) != meta.n_docs:
         fail("doc_len", f"length {len(arrays['doc_len'])}, expected {meta.n_docs}")
+    rank = arrays["doc_rank"]
+    if len(rank) and (len(rank) != meta.n_docs or np.any(np.bincount(rank, minlength=meta.n_docs) != 1)):
+        fail("doc_rank", f"not a permutation of {meta.n_docs} documents")

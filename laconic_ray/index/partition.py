@@ -137,6 +137,7 @@ def build_shard(
     quantization: str,
     scale: float | None,
     block_size: int,
+    reorder: str,
     metadata: dict[str, Any],
     options: StorageOptions | None,
 ) -> dict[str, Any]:
@@ -161,6 +162,7 @@ def build_shard(
         quantization=quantization,
         scale=scale,
         block_size=block_size,
+        reorder=reorder,
         vocab_size=vocab_size,
         metadata=metadata,
     )
