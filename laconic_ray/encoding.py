@@ -133,6 +133,7 @@ class ShardEncoder:
             settings.model, device=self.device, dtype=settings.dtype, options=settings.options
         )
         self.model_name = settings.model
+        self.ready_at = time.time()  # wall clock: the journal's timeline (start-up vs steady state)
 
     def metadata(self) -> dict[str, Any]:
         meta = {"model": self.model_name, "kind": self.settings.kind, "top_k": self.settings.top_k}
@@ -144,7 +145,7 @@ class ShardEncoder:
 
     def encode_shard(self, shard: int, ids: list[str], texts: list[str], rejects: int) -> dict[str, Any]:
         """Encode one shard's documents, write its part atomically, journal it; return the journal entry."""
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         stats: dict[str, float] = {}
         if ids:
             csr = self.encoder.encode(
@@ -179,6 +180,7 @@ class ShardEncoder:
             "tokens": int(stats.get("tokens", 0)),
             "nnz": int(csr.nnz),
             "seconds": time.perf_counter() - started,
+            "timeline": {"actor_ready": self.ready_at, "started": started_at, "finished": time.time()},
             "split_s": {
                 **{k: v for k, v in stats.items() if k.endswith("_s")},
                 "write_s": time.perf_counter() - t_write,
