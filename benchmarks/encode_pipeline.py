@@ -131,9 +131,8 @@ def main() -> None:
         plain_loop(model_dir, corpus, output, int(batch_size))
         return
 
-    import ray
-
-    from laconic_ray.config import ModelConfig, load_config
+    from laconic_ray.config import ModelConfig, RayConfig, load_config
+    from laconic_ray.distributed.cluster import ensure_ray
     from laconic_ray.model.build import build_encoder
 
     tmp = Path(tempfile.mkdtemp())
@@ -141,7 +140,8 @@ def main() -> None:
     build_encoder(load_config(ModelConfig, "conf/model/tiny.yaml")).save_pretrained(model_dir)
     corpus = tmp / "corpus.jsonl"
     corpus_of(args.docs, corpus)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # the cluster `laconic encode` would start (its job runtime env carries LACONIC_*), before timing
+    ensure_ray(RayConfig(num_cpus=2))
     variants = [int(a) for a in args.actors.split(",")]
     times: dict[str, list[float]] = {"plain": [], "plain_warm": [], **{f"ray-{a}": [] for a in variants}}
     plain_encode: list[float] = []

@@ -19,6 +19,17 @@ def worker_env() -> dict | None:
     return {"env_vars": env} if env else None
 
 
+def task_env() -> dict | None:
+    """``worker_env()`` for a task or actor, or None when the job's own runtime env already carries exactly
+    those variables (``ensure_ray`` puts them there). A per-task runtime env that differs from the job's
+    keeps Ray from using its pre-started workers: every such task or actor waits for a new process (~1 s)."""
+    env = worker_env()
+    if env is None:
+        return None
+    job = ray.get_runtime_context().runtime_env.get("env_vars") or {}
+    return None if all(job.get(k) == v for k, v in env["env_vars"].items()) else env
+
+
 # Ray Train's controller polls workers every 2 s by default, and a worker's report waits for the poll: with
 # reports every few seconds that is a large share of a step. Local clusters poll faster.
 LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}

@@ -23,7 +23,7 @@ import ray
 from laconic_ray.config import EncodeConfig
 from laconic_ray.data.beir import resolve_dataset
 from laconic_ray.data.shards import Shard, plan_shards
-from laconic_ray.distributed.cluster import ensure_ray, worker_env
+from laconic_ray.distributed.cluster import ensure_ray, task_env
 from laconic_ray.encoding import (
     EncodeSettings,
     ShardEncoder,
@@ -148,7 +148,7 @@ def _run_pipeline(
     ctx = ray.data.DataContext.get_current()
     # a shard must travel as one block; keep Ray Data from slicing it (shards are bounded by shard_bytes)
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 8 * config.shard_bytes)
-    runtime_env = worker_env()
+    runtime_env = task_env()
     ds = ray.data.from_items([dataclasses.asdict(s) for s in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(
         _read_batch,
@@ -158,6 +158,10 @@ def _run_pipeline(
         # Parsing is light. No CPU reservation keeps it schedulable next to encoder actors that hold every
         # CPU; with one, the read stage would wait forever and the actors would never get a shard.
         num_cpus=0,
+        # ...but with no reservation Ray Data would start read tasks without bound, each in a new worker
+        # process (~2 s of imports), all competing with the encoders' start-up: one reader per encoder is
+        # plenty (a 16 MiB shard parses in a fraction of a second, an encoder spends seconds on it).
+        concurrency=config.num_actors,
         runtime_env=runtime_env,
     )
     with warnings.catch_warnings():

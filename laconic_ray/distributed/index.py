@@ -18,7 +18,7 @@ import ray
 
 from laconic_ray import sparse, storage
 from laconic_ray.config import IndexConfig
-from laconic_ray.distributed.cluster import ensure_ray, worker_env
+from laconic_ray.distributed.cluster import ensure_ray, task_env
 from laconic_ray.index.partition import (
     build_shard,
     global_scale,
@@ -51,7 +51,7 @@ def run_index(config: IndexConfig) -> dict[str, Any]:
     remote = {
         "num_cpus": config.num_cpus_per_task,
         "max_retries": config.max_retries,
-        "runtime_env": worker_env(),
+        "runtime_env": task_env(),
     }
 
     scale = None
