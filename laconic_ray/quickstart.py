@@ -243,7 +243,6 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                 for i in range(vectors_q.shape[0])
             ]
             latencies = {"python_client": latency(lambda q: searcher.search(q, 10), sparse_queries)}
-            searcher.release_graph()  # the HTTP replica compiles its own over the same actors
             if config.http:
                 latencies["http"] = _http_latency(serve_config, sparse_queries)
         finally:

@@ -95,7 +95,7 @@ class SearchService:
         timeout_s: float,
         retries: int,
         mode: str,
-        compiled: bool,
+        direct: bool,
     ) -> None:
         self.searcher = ShardedSearcher.attach(
             index,
@@ -106,7 +106,7 @@ class SearchService:
             timeout_s=timeout_s,
             retries=retries,
             mode=mode,
-            compiled=compiled,
+            direct=direct,
         )
         self.limits = limits
 
@@ -212,7 +212,7 @@ def deploy(config, options: StorageOptions) -> str:
         config.timeout_s,
         config.retries,
         config.mode,
-        config.compiled_graph and config.http_replicas == 1,  # an actor can be in one graph only
+        config.direct,
     )
     serve.run(service, name=config.name, route_prefix="/")
     return f"http://{config.host}:{config.port}"

@@ -23,11 +23,8 @@ from laconic_ray.distributed.serving import ShardedSearcher
 log = logging.getLogger(__name__)
 
 
-def searcher_from(
-    config: ServeConfig, name: str | None = None, compiled: bool | None = None
-) -> ShardedSearcher:
-    """Shard actors and a client as configured; ``compiled`` (default: the config's) for one that queries
-    often (a compiled graph costs a compile, and an actor can be in one graph only)."""
+def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearcher:
+    """Shard actors and a client as configured."""
     return ShardedSearcher(
         config.index,
         model=config.model,
@@ -42,7 +39,7 @@ def searcher_from(
         name=name,
         verify=config.verify,
         threads_per_shard=config.threads_per_shard,
-        compiled=config.compiled_graph if compiled is None else compiled,
+        direct=config.direct,
     )
 
 
@@ -53,7 +50,7 @@ def run_serve(config: ServeConfig, stop: threading.Event | None = None) -> dict[
 
     ensure_ray(config.ray)
     started = time.perf_counter()
-    searcher = searcher_from(config, name=config.name, compiled=False)  # the HTTP replica compiles
+    searcher = searcher_from(config, name=config.name)
     url = deploy(config, config.storage.options())
     log.info("serving %s at %s (OpenAPI at %s/docs); Ctrl-C stops", config.index, url, url)
     stop = stop or threading.Event()
@@ -94,7 +91,7 @@ def run_search(config: ServeConfig) -> dict[str, Any]:
         result = _http(config, "/search", {"query": config.query, "k": config.k})
         return {"query": config.query, "via": "http", **result}
     ensure_ray(config.ray)
-    searcher = searcher_from(config, compiled=False)  # one query: not worth a compile
+    searcher = searcher_from(config)
     try:
         started = time.perf_counter()
         result = searcher.search(config.query, config.k).as_dict()

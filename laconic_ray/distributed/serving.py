@@ -12,21 +12,19 @@
   ``timeout_s`` is asked again (another replica if there is one) up to ``retries`` times; a shard that stays
   silent is left out and the result is marked ``partial`` with the missing shard numbers.
 * Queries are text (encoded here by the model, loaded once) or sparse vectors ``{"indices", "values"}``.
-* With ``compiled=True`` the scatter-gather runs as a Ray Compiled Graph (one per replica set: the payload
-  goes to every shard through shared-memory channels, no task submission per call), which removes about a
-  millisecond per query. A graph belongs to the process that compiled it, and an actor can be in one graph
-  only: compile in one process per set of actors (a second graph over the same actors compiles, but its
-  first call hangs until ``timeout_s``; new graphs that never answer are retried ever less often). A failed
-  call or a dead actor falls back to ordinary actor calls (with their timeouts and retries); the graph is
-  compiled again once every shard answers.
+* With ``direct=True`` (the default) queries travel over direct connections to the shard actors
+  (channel.py: one pickled payload per shard over a socket, blocking waits), which saves the ~1 ms of task
+  submission of an actor call and costs nothing when idle. A shard whose channel fails, times out or is not
+  open yet gets that query through actor calls (with their timeouts and retries); its channel reopens on a
+  later query (at most every ``CHANNEL_RETRY_S``), e.g. once a killed actor is back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
+import pickle
 import threading
 import time
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ import numpy as np
 import ray
 import scipy.sparse as sp
 
+from laconic_ray.distributed.channel import Channel, ChannelClosed, ChannelServer
 from laconic_ray.index.inverted import InvertedIndex, QueryError
 from laconic_ray.index.merge import merge_topk
 from laconic_ray.index.partition import read_index_manifest, shard_name
@@ -44,8 +43,7 @@ from laconic_ray.storage import StorageOptions, join
 log = logging.getLogger(__name__)
 
 NAMESPACE = "laconic"
-PAYLOAD_FIELDS = 7  # ShardServer.batch_search's arguments
-GRAPH_RETRY_S = 5.0  # after a compiled-graph failure, actor calls for at least this long (doubling)
+CHANNEL_RETRY_S = 1.0  # after a channel fails or cannot open, actor calls for that shard at least this long
 
 
 @dataclasses.dataclass
@@ -72,9 +70,10 @@ class ShardServer:
         self.shard = shard
         self.index = InvertedIndex.load(uri, verify=verify, options=options)
         self.started = time.time()
-        # compiled-graph calls run on a background thread, actor calls on the main one; the index's
+        # channel requests run on their connections' threads, actor calls on the main one; the index's
         # scratch buffers are shared, so one search at a time
         self._lock = threading.Lock()
+        self._channels = ChannelServer(self.batch_search)
 
     def batch_search(
         self,
@@ -101,6 +100,7 @@ class ShardServer:
             **self.index.stats(),
             "shard": self.shard,
             "pid": os.getpid(),
+            "channel_requests": self._channels.requests,
             "started": self.started,
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         }
@@ -109,44 +109,14 @@ class ShardServer:
         """The process id: a new one after a restart."""
         return os.getpid()
 
+    def open_channel(self, client_node_ip: str) -> tuple[str, int, bytes]:
+        """Address and key of a direct connection (channel.py) for a client on ``client_node_ip``: loopback
+        when it is on this node, this node's address otherwise."""
+        node_ip = ray.util.get_node_ip_address()
+        return self._channels.address("127.0.0.1" if client_node_ip == node_ip else node_ip)
+
 
 ShardActor = ray.remote(ShardServer)
-
-
-class _CompiledScatter:
-    """One compiled graph per replica set: ``payload -> [answer of shard 0, shard 1, ...]``."""
-
-    def __init__(self, actors: list[list[Any]], fields: int) -> None:
-        from ray.dag import InputNode, MultiOutputNode
-
-        self.graphs: list[Any] = []
-        try:
-            for replica in range(len(actors[0])):
-                with InputNode() as payload:
-                    args = [payload[i] for i in range(fields)]
-                    dag = MultiOutputNode([row[replica].batch_search.bind(*args) for row in actors])
-                self.graphs.append(dag.experimental_compile())
-        except Exception:
-            self.teardown()
-            raise
-        self.locks = [threading.Lock() for _ in self.graphs]
-        self._turn = itertools.count()
-        self.answered = 0  # calls that came back
-
-    def __call__(self, payload: tuple, timeout_s: float) -> list[Any]:
-        replica = next(self._turn) % len(self.graphs)
-        with self.locks[replica]:  # a graph runs one execution at a time, in order
-            answers = ray.get(self.graphs[replica].execute(*payload), timeout=timeout_s)
-        self.answered += 1
-        return answers
-
-    def teardown(self) -> None:
-        graphs, self.graphs = self.graphs, []
-        for graph in graphs:
-            try:
-                graph.teardown()
-            except Exception as e:  # a graph whose actor died is already torn down
-                log.debug("compiled graph teardown: %s", e)
 
 
 @dataclasses.dataclass
@@ -185,7 +155,7 @@ class ShardedSearcher:
         name: str | None = None,
         verify: bool = True,
         threads_per_shard: int = 1,
-        compiled: bool = False,
+        direct: bool = True,
         _attach: bool = False,
     ) -> None:
         self.index, self.options, self.name = index, options, name
@@ -219,13 +189,13 @@ class ShardedSearcher:
         ]
         self._next = [0] * self.num_shards
         self._lock = threading.Lock()
-        self.compiled = compiled
-        self._graph: _CompiledScatter | None = None
-        self._graph_lock = threading.Lock()
-        self._graph_retry_at = 0.0
-        self._graph_failures = 0  # graphs in a row that failed before answering once
-        if compiled:
-            self._compile()
+        self.direct = direct
+        self._channels: list[list[Channel | None]] = [[None] * replicas for _ in range(self.num_shards)]
+        self._channel_retry_at = [[0.0] * replicas for _ in range(self.num_shards)]
+        self._opening: list[list[Any]] = [[None] * replicas for _ in range(self.num_shards)]
+        self._node_ip = ray.util.get_node_ip_address()
+        if direct:
+            self._open_channels()
         self.encoder = None
         if model:
             from laconic_ray.model import SparseEncoder
@@ -292,15 +262,15 @@ class ShardedSearcher:
         if payload is None:
             return []
         started = time.perf_counter()
-        answers = self._scatter_compiled(payload, started)
-        if answers is not None:
-            return self._merge(answers, len(queries), k)
-        refs = [self._call(shard, payload) for shard in range(self.num_shards)]
-        try:  # the common case: every shard answers in time, one wait for all
-            answers = dict(enumerate(ray.get(refs, timeout=self.timeout_s)))
-            self._record_all(time.perf_counter() - started)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-            answers = self._gather(refs, payload, started)
+        answers = self._scatter_direct(payload, started)
+        rest = [shard for shard in range(self.num_shards) if shard not in answers]
+        if rest:
+            refs = {shard: self._call(shard, payload) for shard in rest}
+            try:  # the common case: every shard answers in time, one wait for all
+                answers.update(zip(refs, ray.get(list(refs.values()), timeout=self.timeout_s), strict=True))
+                self._record(rest, time.perf_counter() - started)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                answers.update(self._gather(refs, payload, started))
         return self._merge(answers, len(queries), k)
 
     async def abatch_search(
@@ -313,19 +283,19 @@ class ShardedSearcher:
         if payload is None:
             return []
         started = time.perf_counter()
-        if self.compiled:  # the graph's calls block: run them off the event loop
-            loop = asyncio.get_running_loop()
-            answers = await loop.run_in_executor(None, self._scatter_compiled, payload, started)
-            if answers is not None:
-                return self._merge(answers, len(queries), k)
-        refs = [self._call(shard, payload) for shard in range(self.num_shards)]
-        try:
-            answers = dict(enumerate(await asyncio.wait_for(asyncio.gather(*refs), self.timeout_s)))
-            self._record_all(time.perf_counter() - started)
-        except (ray.exceptions.RayError, TimeoutError):
-            answers = await asyncio.get_running_loop().run_in_executor(
-                None, self._gather, refs, payload, started
-            )
+        loop = asyncio.get_running_loop()
+        answers = {}
+        if self.direct:  # channel waits block: off the event loop
+            answers = await loop.run_in_executor(None, self._scatter_direct, payload, started)
+        rest = [shard for shard in range(self.num_shards) if shard not in answers]
+        if rest:
+            refs = {shard: self._call(shard, payload) for shard in rest}
+            try:
+                got = await asyncio.wait_for(asyncio.gather(*refs.values()), self.timeout_s)
+                answers.update(zip(refs, got, strict=True))
+                self._record(rest, time.perf_counter() - started)
+            except (ray.exceptions.RayError, TimeoutError):
+                answers.update(await loop.run_in_executor(None, self._gather, refs, payload, started))
         return self._merge(answers, len(queries), k)
 
     def _payload(self, queries: Sequence[Any], k: int, mode: str | None) -> tuple | None:
@@ -345,64 +315,100 @@ class ShardedSearcher:
             self.threads_per_shard,
         )
 
-    def _compile(self) -> None:
-        with self._graph_lock:
-            if self._graph is not None:
-                return
-            try:
-                self._graph = _CompiledScatter(self.actors, PAYLOAD_FIELDS)
-            except Exception as e:
-                self._graph_retry_at = time.monotonic() + GRAPH_RETRY_S
-                log.info("no compiled graph over %s (%s); using actor calls", self.index, e)
+    def _open_channels(self) -> None:
+        """Open a channel to every shard replica (a construction step: the first queries go direct too)."""
+        refs = {
+            (s, r): a.open_channel.remote(self._node_ip)
+            for s, row in enumerate(self.actors)
+            for r, a in enumerate(row)
+        }
+        for (shard, replica), ref in refs.items():
+            self._connect(shard, replica, ref)
 
-    def _scatter_compiled(self, payload: tuple, started: float) -> dict[int, list] | None:
-        """Every shard's answer through the compiled graph, or None: use actor calls."""
-        if not self.compiled:
-            return None
-        if self._graph is None:
-            if time.monotonic() < self._graph_retry_at:
-                return None
-            self._graph_retry_at = time.monotonic() + GRAPH_RETRY_S
-            if not self.health(timeout_s=1.0)["ok"]:
-                return None
-            self._compile()
-        graph = self._graph
-        if graph is None:
-            return None
+    def _connect(self, shard: int, replica: int, ref: Any) -> None:
         try:
-            answers = dict(enumerate(graph(payload, self.timeout_s)))
-        except Exception as e:  # a dead actor tears the graph down; a timeout leaves it out of step
-            # a graph that never answered may be over actors another process's graph holds: back off
-            self._graph_failures = 0 if graph.answered else self._graph_failures + 1
-            log.warning("compiled scatter failed (%s); falling back to actor calls", e)
-            self._drop_graph()
-            return None
-        for record in self._stats:
-            record.calls += 1
-        self._record_all(time.perf_counter() - started)
+            self._channels[shard][replica] = Channel(*ray.get(ref, timeout=self.timeout_s))
+        except Exception as e:  # a dead or restarting actor: actor calls until the next attempt
+            log.info("no channel to %s/r%d yet (%s); using actor calls", shard_name(shard), replica, e)
+
+    def _channel(self, shard: int, replica: int) -> Channel | None:
+        """The open channel to a shard replica, or None (use an actor call). A closed channel is reopened in
+        the background: the actor is asked for its address without waiting (it may be restarting), and a
+        later query connects once the answer is there."""
+        channel = self._channels[shard][replica]
+        if channel is not None and not channel.closed:
+            return channel
+        with self._lock:
+            ref = self._opening[shard][replica]
+            if ref is None:
+                if time.monotonic() >= self._channel_retry_at[shard][replica]:
+                    self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S
+                    actor = self.actors[shard][replica]
+                    self._opening[shard][replica] = actor.open_channel.remote(self._node_ip)
+                return None
+            if not ray.wait([ref], timeout=0)[0]:
+                return None
+            self._opening[shard][replica] = None
+            self._connect(shard, replica, ref)
+        return self._channels[shard][replica]
+
+    def _scatter_direct(self, payload: tuple, started: float) -> dict[int, list]:
+        """Every shard's answer that came back over a channel (the caller asks the others by actor call).
+
+        Sends to every shard first, then waits for each answer until ``started + timeout_s``. Channels are
+        taken in shard order (one per shard), so concurrent callers cannot deadlock; a failed channel is
+        closed and left to reopen later."""
+        if not self.direct:
+            return {}
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        sent: dict[int, tuple[int, Channel]] = {}
+        answers: dict[int, list] = {}
+        try:
+            for shard in range(self.num_shards):
+                replica = self._pick(shard)
+                channel = self._channel(shard, replica)
+                if channel is None:
+                    continue
+                channel.lock.acquire()
+                try:
+                    channel.send(data)
+                except ChannelClosed as e:
+                    channel.lock.release()
+                    self._channel_failed(shard, replica, e)
+                    continue
+                sent[shard] = (replica, channel)
+            for shard, (replica, channel) in sent.items():
+                try:
+                    answers[shard] = channel.receive(started + self.timeout_s - time.perf_counter())
+                except ChannelClosed as e:
+                    self._channel_failed(shard, replica, e)
+        finally:
+            for _, channel in sent.values():
+                channel.lock.release()
+        for shard in answers:
+            self._stats[shard].calls += 1
+        self._record(list(answers), time.perf_counter() - started)
         return answers
 
-    def release_graph(self) -> None:
-        """Stop using a compiled graph and tear it down, e.g. so that another process can compile its own
-        over these actors (an actor can be in one graph only)."""
-        self.compiled = False
-        self._drop_graph(wait=True)
+    def _channel_failed(self, shard: int, replica: int, error: Exception) -> None:
+        self._stats[shard].failures += 1
+        self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S  # not again at once
+        log.warning(
+            "%s/r%d: channel failed (%s); this query goes by actor call", shard_name(shard), replica, error
+        )
 
-    def _drop_graph(self, wait: bool = False) -> None:
-        with self._graph_lock:
-            graph, self._graph = self._graph, None
-            backoff = min(GRAPH_RETRY_S * 2**self._graph_failures, 600.0)
-            self._graph_retry_at = time.monotonic() + backoff
-        if graph is not None and wait:
-            graph.teardown()
-        elif graph is not None:  # after a failure: an actor that hangs must not block the caller
-            threading.Thread(target=graph.teardown, daemon=True).start()
+    def close_channels(self) -> None:
+        """Close this client's direct connections (the actors keep listening for others)."""
+        for row in self._channels:
+            for channel in row:
+                if channel is not None:
+                    channel.close()
 
-    def _gather(self, refs: list[Any], payload: tuple, started: float) -> dict[int, list]:
+    def _gather(self, refs: dict[int, Any], payload: tuple, started: float) -> dict[int, list]:
         """The slow path: per shard, wait up to the timeout, retry (next replica), give up after ``retries``."""
         answers: dict[int, list] = {}
-        pending = {shard: (ref, started) for shard, ref in enumerate(refs)}
-        attempts = dict.fromkeys(range(self.num_shards), 0)
+        pending = {shard: (ref, started) for shard, ref in refs.items()}
+        attempts = dict.fromkeys(refs, 0)
         while pending:
             deadline = min(t for _, t in pending.values()) + self.timeout_s
             ready, _ = ray.wait(
@@ -448,16 +454,20 @@ class ShardedSearcher:
             results.append(SearchResult(ids, scores.tolist(), bool(missing), missing))
         return results
 
-    def _record_all(self, seconds: float) -> None:
-        for record in self._stats:
-            record.seconds += seconds
+    def _record(self, shards: list[int], seconds: float) -> None:
+        for shard in shards:
+            self._stats[shard].seconds += seconds
 
-    def _call(self, shard: int, payload: tuple):
+    def _pick(self, shard: int) -> int:
+        """The next replica of ``shard``, round-robin."""
         with self._lock:
             replica = self._next[shard] % self.replicas
             self._next[shard] += 1
+        return replica
+
+    def _call(self, shard: int, payload: tuple):
         self._stats[shard].calls += 1
-        return self.actors[shard][replica].batch_search.remote(*payload)
+        return self.actors[shard][self._pick(shard)].batch_search.remote(*payload)
 
     # ------------------------------------------------------------------------------------------ status
 
@@ -490,13 +500,13 @@ class ShardedSearcher:
         return {
             "index": self.index,
             "queries": self.queries,
-            "compiled_graph": self._graph is not None,
+            "direct_channels": sum(c is not None and not c.closed for row in self._channels for c in row),
             "shards": shards,
             "docs": sum(s["docs"] for s in shards),
         }
 
     def shutdown(self) -> None:
-        self.release_graph()
+        self.close_channels()
         for row in self.actors:
             for actor in row:
                 ray.kill(actor)

@@ -366,42 +366,78 @@ class SparseEncoder(nn.Module):
         batch_size: int = 32,
         top_k: int | None = None,
         stats: dict[str, float] | None = None,
+        threads: int | None = None,
     ) -> sp.csr_matrix:
         """Encode pre-tokenized texts. Batches are formed longest-first so that padding stays small; rows come
-        back in input order. ``stats`` (if given) accumulates seconds spent per step and token counts."""
+        back in input order. ``stats`` (if given) accumulates seconds spent per step (summed over threads)
+        and token counts.
+
+        On CPU, ``threads`` batches run at once, each on one torch thread (default: torch's thread count).
+        For models this size that beats one batch at a time on all threads by 1.5-1.7x (measured on 2 cores,
+        tiny preset): a batch's matmuls are too small to split well, every split waits for its slowest
+        thread, and independent batches keep each core busy. torch's intra-op thread count is 1 for the
+        duration of the call (it is process-wide) and restored afterwards.
+        """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         was_training = self.training
         self.eval()
         order = np.argsort([-len(t) for t in token_ids], kind="stable")
-        blocks = []
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        threads = 1 if self.device.type != "cpu" else (threads or torch.get_num_threads())
+        threads = max(1, min(threads, len(batches)))
+        results: list[tuple[sp.csr_matrix, dict[str, float]]] = []
+        intra_op = torch.get_num_threads()
         try:
-            for start in range(0, len(order), batch_size):
-                chosen = order[start : start + batch_size]
-                t0 = time.perf_counter()
-                inputs = self.prepare_ids([token_ids[i] for i in chosen]).to(self.device)
-                t1 = time.perf_counter()
-                hidden = self.hidden_states(inputs.input_ids, inputs.attention_mask)
-                t2 = time.perf_counter()
-                head = self.lm_head
-                pooled = max_pool_logits(
-                    hidden, head.weight, getattr(head, "bias", None), inputs.pool_mask, self.vocab_chunk
-                )
-                blocks.append(dense_to_csr(activate(pooled, self.settings.logit_bias), top_k))
-                t3 = time.perf_counter()
-                if stats is not None:
-                    for key, value in (("pad_s", t1 - t0), ("forward_s", t2 - t1), ("pool_s", t3 - t2)):
-                        stats[key] = stats.get(key, 0.0) + value
-                    stats["tokens"] = stats.get("tokens", 0) + inputs.num_tokens
-                    stats["padded_tokens"] = stats.get("padded_tokens", 0) + inputs.input_ids.numel()
+            if threads == 1:
+                results = [self._encode_batch([token_ids[i] for i in chosen], top_k) for chosen in batches]
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                torch.set_num_threads(1)
+                with ThreadPoolExecutor(threads, thread_name_prefix="laconic-encode") as pool:
+                    results = list(
+                        pool.map(
+                            lambda chosen: self._encode_batch([token_ids[i] for i in chosen], top_k), batches
+                        )
+                    )
         finally:
+            torch.set_num_threads(intra_op)
             self.train(was_training)
-        if not blocks:
+        if stats is not None:
+            for _, batch_stats in results:
+                for key, value in batch_stats.items():
+                    stats[key] = stats.get(key, 0) + value
+        if not results:
             return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
-        stacked = sp.vstack(blocks, format="csr")
+        stacked = sp.vstack([block for block, _ in results], format="csr")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return stacked[inverse]
+
+    def _encode_batch(
+        self, token_ids: Sequence[Sequence[int]], top_k: int | None
+    ) -> tuple[sp.csr_matrix, dict[str, float]]:
+        """One batch -> (CSR rows, step seconds and token counts). Safe to run from several threads."""
+        with torch.inference_mode():  # thread-local: worker threads need their own
+            t0 = time.perf_counter()
+            inputs = self.prepare_ids(token_ids).to(self.device)
+            t1 = time.perf_counter()
+            hidden = self.hidden_states(inputs.input_ids, inputs.attention_mask)
+            t2 = time.perf_counter()
+            head = self.lm_head
+            pooled = max_pool_logits(
+                hidden, head.weight, getattr(head, "bias", None), inputs.pool_mask, self.vocab_chunk
+            )
+            block = dense_to_csr(activate(pooled, self.settings.logit_bias), top_k)
+            t3 = time.perf_counter()
+        return block, {
+            "pad_s": t1 - t0,
+            "forward_s": t2 - t1,
+            "pool_s": t3 - t2,
+            "tokens": inputs.num_tokens,
+            "padded_tokens": inputs.input_ids.numel(),
+        }
 
     def encode(
         self,
@@ -411,12 +447,13 @@ class SparseEncoder(nn.Module):
         batch_size: int = 32,
         top_k: int | None = None,
         stats: dict[str, float] | None = None,
+        threads: int | None = None,
     ) -> sp.csr_matrix:
         t0 = time.perf_counter()
         ids = self.tokenize(texts, kind)
         if stats is not None:
             stats["tokenize_s"] = stats.get("tokenize_s", 0.0) + time.perf_counter() - t0
-        return self.encode_ids(ids, batch_size=batch_size, top_k=top_k, stats=stats)
+        return self.encode_ids(ids, batch_size=batch_size, top_k=top_k, stats=stats, threads=threads)
 
     def encode_queries(
         self, texts: Sequence[str], batch_size: int = 32, top_k: int | None = None

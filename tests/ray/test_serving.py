@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -65,7 +66,7 @@ def test_four_shards_equal_one_index_exactly(ray_session, vectors, tmp_path, par
     # a rerun with a complete manifest does nothing
     assert build(uri, str(tmp_path / "index"), "num_shards=4")["skipped"] == "already complete"
     whole = InvertedIndex.build(docs, doc_ids)
-    client = searcher(str(tmp_path / "index"), timeout_s=120)  # a busy CI machine must not time the graph out
+    client = searcher(str(tmp_path / "index"), timeout_s=120)  # a busy CI machine must not time a shard out
     try:
         results = client.batch_search(as_queries(queries), k=100)
         for qi, result in enumerate(results):
@@ -79,8 +80,9 @@ def test_four_shards_equal_one_index_exactly(ray_session, vectors, tmp_path, par
         assert (
             sum(s["docs"] for s in stats["shards"]) == len(doc_ids) and stats["queries"] == len(results) + 1
         )
-        assert stats["compiled_graph"]  # the scatter ran through a compiled graph
-        assert all(s["calls"] == 2 for s in stats["shards"])
+        assert stats["direct_channels"] == 4  # the scatter ran over direct connections ...
+        assert all(s["calls"] == 2 and s["failures"] == 0 for s in stats["shards"])  # ... every time
+        assert ray.get(client.actors[0][0].stats.remote())["channel_requests"] == 2
     finally:
         client.shutdown()
 
@@ -115,10 +117,38 @@ def test_a_killed_shard_loses_no_query(ray_session, vectors, tmp_path):
         assert [r.doc_ids for r in results] == [reference[i % 300] for i in range(1000)]
         stats = client.stats()
         assert stats["shards"][1]["restarts"] >= 1  # it came back
-        # the compiled graph died with the actor; once every shard answers again it is compiled anew
-        client._graph_retry_at = 0.0
-        assert client.search(stream[0], k=10).doc_ids == reference[0]
-        assert client.stats()["compiled_graph"]
+        # the channel died with the actor (those queries went by actor call) and opens anew once it is back
+        assert stats["shards"][1]["failures"] >= 1
+        deadline = time.monotonic() + 120
+        while client.stats()["direct_channels"] < 2 and time.monotonic() < deadline:
+            assert client.search(stream[0], k=10).doc_ids == reference[0]
+        assert client.stats()["direct_channels"] == 2
+    finally:
+        client.shutdown()
+
+
+def test_channel_failures_fall_back_to_actor_calls(ray_session, vectors, tmp_path):
+    uri, doc_ids, docs, queries = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    whole = InvertedIndex.build(docs, doc_ids)
+    client = searcher(str(tmp_path / "index"), timeout_s=30)
+    try:
+        stream = as_queries(queries)[:20]
+        expected = [whole.search(queries[i].indices, queries[i].data, 10)[0] for i in range(20)]
+        client._channels[0][0].close()  # e.g. the connection reset under it
+        assert [r.doc_ids for r in client.batch_search(stream[:10], k=10)] == expected[:10]
+        assert client.stats()["direct_channels"] == 1  # shard 0 went by actor call ...
+        client._channel_retry_at[0][0] = 0.0
+        client.search(stream[0], k=10)  # ... this one asks shard 0 for its address again ...
+        ray.get(client._opening[0][0])
+        got = [client.search(q, k=10).doc_ids for q in stream[10:]]  # ... and connects
+        assert got == expected[10:] and client.stats()["direct_channels"] == 2
+        direct = searcher(str(tmp_path / "index"), timeout_s=30, direct=False)  # actor calls only
+        try:
+            assert [r.doc_ids for r in direct.batch_search(stream, k=10)] == expected
+            assert direct.stats()["direct_channels"] == 0
+        finally:
+            direct.shutdown()
     finally:
         client.shutdown()
 

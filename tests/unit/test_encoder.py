@@ -141,6 +141,19 @@ def test_encode_top_k_and_order():
     np.testing.assert_allclose(full[1].toarray(), encoder.encode_documents([TEXTS[1]]).toarray(), atol=1e-6)
 
 
+def test_parallel_batches_give_the_same_vectors_and_restore_torch_threads():
+    encoder = tiny_encoder()
+    texts = TEXTS * 3
+    before = torch.get_num_threads()
+    stats_one, stats_two = {}, {}
+    one = encoder.encode(texts, "passage", batch_size=2, threads=1, stats=stats_one)
+    two = encoder.encode(texts, "passage", batch_size=2, threads=2, stats=stats_two)
+    assert torch.get_num_threads() == before
+    assert one.shape == two.shape
+    np.testing.assert_allclose(one.toarray(), two.toarray(), atol=1e-5)
+    assert stats_one["tokens"] == stats_two["tokens"] and stats_two["pool_s"] > 0
+
+
 def test_lora_only_adapters_get_gradients():
     encoder = tiny_encoder()
     encoder.add_lora(r=4, alpha=8, dropout=0.0)
