@@ -1,13 +1,14 @@
 """Search latency through the serving layers: in-process index vs Python client (shard actors) vs HTTP.
 
-    .venv/bin/python benchmarks/serving.py [--docs 200000] [--queries 1000] [--shards 1,2,4]
+    .venv/bin/python benchmarks/serving.py [--docs 200000] [--queries 1000] [--shards 1,2,4] [--direct-ingress]
 
 Same synthetic SPLADE-like vectors as benchmarks/engines.py. For each shard count, one query at a time from
 one client (after warm-up): ``in-process`` is ``InvertedIndex.search`` over the whole collection in this
 process; ``python client actor calls`` is ``ShardedSearcher.search`` (scatter to every shard actor, gather,
 merge) with plain actor calls, ``python client`` the same over direct connections to the shard actors (the
 default); ``http`` is POST /search to the Ray Serve app on 127.0.0.1 over one kept-alive connection (its
-replica uses direct connections). Reported: p50 / p99 latency, QPS (one client, sequential) and the p50 overhead over
+replica uses direct connections). With ``--direct-ingress`` the cluster runs Serve's direct ingress
+(distributed/http.py) and ``http_direct`` also times the replica's own port. Reported: p50 / p99 latency, QPS (one client, sequential) and the p50 overhead over
 in-process. Goals on a 2-core machine: scatter-gather adds <= 2 ms
 p50; HTTP <= 10 ms p50.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
 import statistics
 import sys
@@ -58,7 +60,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--shards", default="1,2,4")
+    parser.add_argument("--direct-ingress", action="store_true")
     args = parser.parse_args()
+    if args.direct_ingress:
+        from laconic_ray.distributed.http import DIRECT_INGRESS_ENV
+
+        os.environ.update(DIRECT_INGRESS_ENV)  # before Ray starts: Serve's processes read it at start
 
     import ray
     from ray import serve
@@ -66,7 +73,8 @@ def main() -> None:
 
     from laconic_ray import sparse
     from laconic_ray.config import IndexConfig, ServeConfig, load_config
-    from laconic_ray.distributed.http import deploy
+    from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
+    from laconic_ray.distributed.http import deploy, replica_urls
     from laconic_ray.distributed.index import run_index
     from laconic_ray.distributed.serving import ShardedSearcher
     from laconic_ray.index import InvertedIndex
@@ -81,6 +89,8 @@ def main() -> None:
     ]
     whole = InvertedIndex.build(docs, ids)
     in_process = summary(timed(lambda q: whole.search(q["indices"], q["values"], 10), rows))
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
     result = {"docs": args.docs, "queries": args.queries, "in_process": in_process, "shards": {}}
     with socket.socket() as s:  # Serve's proxy keeps the port it started with: one for every round
@@ -108,22 +118,29 @@ def main() -> None:
         }
         assert client.stats()["direct_channels"] == n, "not every shard was reached directly"
         deploy(config, config.storage.options())
-        connection = http.client.HTTPConnection("127.0.0.1", port)
+        urls = {"http": f"http://127.0.0.1:{port}"}
+        if args.direct_ingress:
+            direct = replica_urls(config.name, "127.0.0.1")
+            assert direct, "no replica answers on its own port"
+            urls["http_direct"] = direct[0]
+        for label, url in urls.items():
+            connection = http.client.HTTPConnection(*url.removeprefix("http://").split(":"))
 
-        def over_http(q, connection=connection):
-            body = json.dumps({"vector": q, "k": 10})
-            connection.request("POST", "/search", body, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 200, response.status
+            def over_http(q, connection=connection):
+                body = json.dumps({"vector": q, "k": 10})
+                connection.request("POST", "/search", body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200, response.status
 
-        measured["http"] = summary(timed(over_http, rows))
-        connection.close()
+            measured[label] = summary(timed(over_http, rows))
+            connection.close()
         result["shards"][n] = {
             name: {**m, "p50_overhead_ms": round(m["p50_ms"] - in_process["p50_ms"], 3)}
             for name, m in measured.items()
         }
         serve.delete(config.name)
+        plain.close_channels()
         client.shutdown()
         print(json.dumps({n: result["shards"][n]}), file=sys.stderr)
     print(json.dumps(result))

@@ -580,6 +580,9 @@ class ServeConfig:
     port: int = 8000
     http_replicas: int = 1
     http_cpus: float = 1.0  # CPUs reserved by each HTTP replica
+    access_log: bool = False  # Serve's per-request access log lines (proxy and replica)
+    # HTTP replicas also answer on ports of their own, skipping Serve's proxy (see distributed/http.py)
+    direct_ingress: bool = False
     max_k: int = 1000
     max_batch: int = 256
     max_query_chars: int = 4000

@@ -87,9 +87,12 @@ def ray_session():
     import ray
 
     from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
+    from laconic_ray.distributed.http import DIRECT_INGRESS_ENV
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    for key, value in LOCAL_RAY_ENV.items():  # workers inherit the driver's environment at ray.init
+    # workers inherit the driver's environment at ray.init; Serve's direct ingress on, so that the HTTP
+    # tests reach the app both through the proxy and on its replica's own port
+    for key, value in {**LOCAL_RAY_ENV, **DIRECT_INGRESS_ENV}.items():
         os.environ.setdefault(key, value)
     if not ray.is_initialized():
         ray.init(

@@ -176,6 +176,40 @@ class SearchService:
         return self.searcher.stats()
 
 
+# Serve's direct ingress (Ray 2.60): every HTTP replica also answers on a port of its own (30000 and up, on
+# the configured host), without the proxy actor, the router and a Ray task per request, and user code runs
+# on the replica's event loop. Read when Serve's controller and replicas start: a local cluster gets it from
+# the environment `laconic serve direct_ingress=true` sets before starting Ray; an existing cluster needs
+# these variables in its nodes' environment (cluster.yaml).
+DIRECT_INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # else deleting the app waits >= 30 s
+}
+
+
+def replica_urls(name: str, host: str, timeout_s: float = 30.0) -> list[str]:
+    """Base URLs of app ``name``'s HTTP replicas on their own ports (direct ingress), or [] when this process
+    did not ask for direct ingress. Replicas appear in Serve's target groups a moment after ``serve.run``."""
+    import os
+
+    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
+        return []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        details = serve.context._get_global_client().get_serve_details()
+        ports = sorted(
+            target["port"]
+            for group in details.get("target_groups") or []
+            if group.get("app_name") == name and group.get("protocol") == "HTTP"
+            for target in group["targets"]
+            if target["name"].startswith("SERVE_REPLICA::")
+        )
+        if ports or time.monotonic() > deadline:
+            return [f"http://{host}:{port}" for port in ports]
+        time.sleep(0.2)
+
+
 def serve_running() -> bool:
     """Is a Serve controller already running on the connected Ray cluster?"""
     return serve.context._get_global_client(raise_if_no_controller_running=False) is not None
@@ -197,11 +231,16 @@ def deploy(config, options: StorageOptions) -> str:
     """Start Serve on ``config.host:config.port`` and run the app; returns its base URL."""
     import dataclasses
 
-    serve.start(http_options={"host": config.host, "port": config.port})
+    # a log line per request (written and flushed in the request's path, in the proxy and the replica) is
+    # a measurable share of a few-millisecond request on small machines: off unless asked for
+    logging_config = {"enable_access_log": config.access_log}
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=logging_config)
     _check_proxy_address(config.host, config.port)
     limits = {"max_k": config.max_k, "max_batch": config.max_batch, "max_query_chars": config.max_query_chars}
     service = SearchService.options(
-        num_replicas=config.http_replicas, ray_actor_options={"num_cpus": config.http_cpus}
+        num_replicas=config.http_replicas,
+        ray_actor_options={"num_cpus": config.http_cpus},
+        logging_config=logging_config,
     ).bind(
         config.index,
         config.name,

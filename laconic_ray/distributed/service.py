@@ -44,15 +44,28 @@ def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearch
 
 
 def run_serve(config: ServeConfig, stop: threading.Event | None = None) -> dict[str, Any]:
+    import os
+
     from ray import serve
 
-    from laconic_ray.distributed.http import deploy
+    from laconic_ray.distributed.http import DIRECT_INGRESS_ENV, deploy, replica_urls
 
+    if config.direct_ingress:  # read by Serve's processes when they start: before Ray does, if it starts here
+        os.environ.update(DIRECT_INGRESS_ENV)
     ensure_ray(config.ray)
     started = time.perf_counter()
     searcher = searcher_from(config, name=config.name)
     url = deploy(config, config.storage.options())
     log.info("serving %s at %s (OpenAPI at %s/docs); Ctrl-C stops", config.index, url, url)
+    direct = replica_urls(config.name, config.host) if config.direct_ingress else []
+    if direct:
+        log.info("HTTP replicas answer directly at %s (fastest)", ", ".join(direct))
+    elif config.direct_ingress:
+        log.warning(
+            "direct_ingress=true but no replica answers on a port of its own: the Ray cluster was started "
+            "without %s",
+            " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items()),
+        )
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,6 +76,7 @@ def run_serve(config: ServeConfig, stop: threading.Event | None = None) -> dict[
     searcher.shutdown()
     return {
         "url": url,
+        "replica_urls": direct,
         "index": config.index,
         "uptime_s": round(time.perf_counter() - started, 1),
         "docs": stats["docs"],

@@ -279,11 +279,14 @@ class ShardedSearcher:
         """``batch_search`` for asyncio callers (the HTTP front end): awaits the shards instead of blocking."""
         import asyncio
 
-        payload = self._payload(queries, k, mode)
+        loop = asyncio.get_running_loop()
+        if any(isinstance(q, str) for q in queries):  # the model's forward pass must not block the loop
+            payload = await loop.run_in_executor(None, self._payload, queries, k, mode)
+        else:
+            payload = self._payload(queries, k, mode)
         if payload is None:
             return []
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         answers = {}
         if self.direct:  # channel waits block: off the event loop
             answers = await loop.run_in_executor(None, self._scatter_direct, payload, started)

@@ -196,7 +196,7 @@ def post(url, body, raw=None):
 def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
     from ray import serve
 
-    from laconic_ray.distributed.http import deploy
+    from laconic_ray.distributed.http import deploy, replica_urls
 
     uri, doc_ids, _docs, queries = vectors
     build(uri, str(tmp_path / "index"), "num_shards=2")
@@ -220,9 +220,15 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
         base = deploy(config, config.storage.options())
         assert base == f"http://127.0.0.1:{port}"
         vector = as_queries(queries)[0]
+        expected = shards.search(vector, 10).doc_ids
         status, body = post(f"{base}/search", {"vector": vector, "k": 10})
         assert status == 200 and not body["partial"]
-        assert [h["doc_id"] for h in body["hits"]] == shards.search(vector, 10).doc_ids
+        assert [h["doc_id"] for h in body["hits"]] == expected
+        # direct ingress: the replica answers the same on its own port, bound to the configured host
+        (direct,) = replica_urls(config.name, config.host)
+        assert direct.startswith("http://127.0.0.1:") and direct != base
+        status, body = post(f"{direct}/search", {"vector": vector, "k": 10})
+        assert status == 200 and [h["doc_id"] for h in body["hits"]] == expected
         status, body = post(
             f"{base}/batch_search", {"queries": [{"vector": v} for v in as_queries(queries)[:3]], "k": 5}
         )
