@@ -582,7 +582,7 @@ class ServeConfig:
     http_cpus: float = 1.0  # CPUs reserved by each HTTP replica
     access_log: bool = False  # Serve's per-request access log lines (proxy and replica)
     # HTTP replicas also answer on ports of their own, skipping Serve's proxy (see distributed/http.py)
-    direct_ingress: bool = False
+    direct_ingress: bool = True
     max_k: int = 1000
     max_batch: int = 256
     max_query_chars: int = 4000

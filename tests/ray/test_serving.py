@@ -264,3 +264,54 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
     finally:
         serve.shutdown()
         shards.shutdown()
+
+
+def test_laconic_serve_and_search_commands(ray_session, vectors, tmp_path):
+    from laconic_ray.distributed.service import run_search, run_serve
+    from tests.models import tiny_encoder
+
+    uri, doc_ids, _docs, _queries = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    tiny_encoder().save_pretrained(str(tmp_path / "model"))  # BERT vocabulary, like the index
+    port = _free_port()
+    config = load_config(
+        ServeConfig,
+        "conf/serve.yaml",
+        [
+            f"index={tmp_path / 'index'}",
+            f"model={tmp_path / 'model'}",
+            "num_cpus_per_shard=0.5",
+            "http_cpus=0.5",
+            f"port={port}",
+            "name=cmd",
+            "query=sodium channels in heart muscle",
+            "k=5",
+        ],
+    )
+    # `laconic search` with no service at host:port starts shard actors of its own for the query
+    alone = run_search(dataclasses.replace(config, port=_free_port()))
+    assert alone["via"] == "shard actors" and len(alone["hits"]) == 5
+    stop, summary = threading.Event(), {}
+    server = threading.Thread(target=lambda: summary.update(run_serve(config, stop)))
+    server.start()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and server.is_alive():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    if json.loads(r.read())["ok"]:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        via_http = run_search(config)  # ... and asks the running service when there is one
+        assert via_http["via"] == "http"
+        # the same ranking; scores to float32 rounding (the query is encoded in another process)
+        assert [h["doc_id"] for h in via_http["hits"]] == [h["doc_id"] for h in alone["hits"]]
+        np.testing.assert_allclose(
+            [h["score"] for h in via_http["hits"]], [h["score"] for h in alone["hits"]], rtol=1e-5
+        )
+    finally:
+        stop.set()
+        server.join(timeout=120)
+    assert summary["url"] == f"http://127.0.0.1:{port}" and summary["docs"] == len(doc_ids)
+    assert len(summary["replica_urls"]) == 1  # direct ingress (on in the test cluster)
