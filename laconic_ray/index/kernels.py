@@ -5,10 +5,11 @@ One query:
    blocks where a query term occurs get a bound > 0). This touches one entry per (term, block), 64x fewer
    items than the postings.
 2. **Best-bound-first scoring**: blocks are visited in decreasing bound. A block is scored exactly (each query
-   term's postings inside it, found by binary search among the term's entries, accumulated into a 64-slot
-   buffer) and its documents offered to a top-k heap, which holds their ranks in doc-id order (``doc_rank``; the
-identity when empty) so that ties go to the lower doc id whatever the internal numbering. As soon as ``alpha * ub[b]`` falls below the k-th
-   score, no later block can contribute (exact when ``alpha == 1``) and the search stops.
+   term's postings inside it, found through step 1's records, accumulated into a 64-slot buffer) and its
+   documents offered to a top-k heap, which holds their ranks in doc-id order (``doc_rank``; the identity
+   when empty) so that ties go to the lower doc id whatever the internal numbering. As soon as
+   ``alpha * ub[b]`` falls below the k-th score, no later block can contribute (exact when ``alpha == 1``)
+   and the search stops.
 
 Scores are accumulated in float64: ``q_w`` (float32, 24 significant bits) times an integer impact (<= 16 bits)
 is exact, and sums of a few dozen such products stay exact in 53 bits, so the result does not depend on the
@@ -83,9 +84,8 @@ def _find_entry(entry_block, lo, hi, block):
     return -1
 
 
-MAX_TABLE_TERMS = (
-    64  # sparse query terms whose (term, block) -> entry map is tabulated; the rest: binary search
-)
+# sparse query terms whose (term, block) -> entry map is tabulated; any further ones use binary search
+MAX_TABLE_TERMS = 64
 ROUND_FACTOR = 0.85  # each round scores the blocks whose bound lies within this factor of the last round's
 GROUP = 64  # blocks scored together: gathers of independent loads let the CPU overlap cache misses
 
@@ -133,9 +133,8 @@ def search_one(
     (1) One pass over the query terms' entries sums the block bounds and records, per (query term, block),
     where the term's postings in that block are. Dense terms (one entry per block, build.pad_dense_terms)
     need no record: their entry for block ``b`` is ``term_ptr[t] + b``, and their bounds add in one
-    contiguous pass. (2) Blocks are scored in rounds of decreasing bound (each
-    round takes the blocks whose bound lies within ``ROUND_FACTOR`` of the previous round's floor), so the
-    k-th score ``theta`` rises early; the search stops once no unscored block can reach ``theta / alpha``.
+    contiguous pass. (2) Blocks are scored in rounds of decreasing bound (each round takes the blocks whose
+    bound lies within ``ROUND_FACTOR`` of the previous round's floor), so the k-th score ``theta`` rises early; the search stops once no unscored block can reach ``theta / alpha``.
     A block left out has ``alpha * bound < theta <= final k-th score``: with ``alpha = 1`` it cannot hold a
     top-k document, so the result is exact.
     """
