@@ -218,6 +218,7 @@ class LaconicRay:
     """Our ``InvertedIndex``, behind the same interface (exact by default; ``mode``/``alpha``/``query_mass``)."""
 
     name = "laconic_ray"
+    SEARCH_KNOBS: ClassVar[frozenset[str]] = frozenset({"mode", "alpha", "query_mass"})
 
     def __init__(
         self,
@@ -286,6 +287,7 @@ class Seismic:
     """
 
     name = "seismic"
+    SEARCH_KNOBS: ClassVar[frozenset[str]] = frozenset({"query_cut", "heap_factor"})
     SETTINGS: ClassVar[dict[str, dict[str, Any]]] = {
         "recall95": {"query_cut": 5, "heap_factor": 0.9},  # recall@10 0.957 at 20k docs
         "recall99": {"query_cut": 8, "heap_factor": 0.9},  # recall@10 0.995 at 20k docs
@@ -427,6 +429,7 @@ class BMP:
     """
 
     name = "bmp"
+    SEARCH_KNOBS: ClassVar[frozenset[str]] = frozenset({"alpha", "beta"})
 
     def __init__(
         self,
