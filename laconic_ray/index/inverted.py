@@ -51,13 +51,19 @@ class QueryError(ValueError):
 
 
 class InvertedIndex:
-    """A block-max inverted index over one shard of documents (see build.py for the layout)."""
+    """A block-max inverted index over one shard of documents (see build.py for the layout).
+
+    Shards of at most ``accumulate_docs`` documents (default ``ACCUMULATE_DOCS``) are searched term at a time
+    into per-document accumulators, where block pruning gains less than it costs (see kernels.py)."""
+
+    ACCUMULATE_DOCS = 16_384
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: ShardMeta, source: str = "") -> None:
         self.arrays = arrays
         self.meta = meta
         self.source = source
         self.n_blocks = max(1, -(-meta.n_docs // meta.block_size))
+        self.accumulate_docs = self.ACCUMULATE_DOCS
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None
         self._id_blob: bytes | None = None
         self._kernel_args: tuple | None = None
@@ -231,6 +237,7 @@ class InvertedIndex:
             *self._raw(),
             self.n_docs,
             self.meta.block_size,
+            self.accumulate_docs,
             *self._scratch,
             self._queries + 1,
             scores,
@@ -289,6 +296,7 @@ class InvertedIndex:
                 *self._raw(),
                 self.n_docs,
                 self.meta.block_size,
+                self.accumulate_docs,
                 self.n_blocks,
                 max(1, min(n_queries, threads * 4)),
                 scores,

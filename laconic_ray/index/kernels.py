@@ -70,6 +70,18 @@ def _offer(hs, hi, n, k, score, doc):
 
 
 @nb.njit(cache=True)
+def _drain(hs, hi, n, out_scores, out_docs):
+    """Heap -> ``out_scores``/``out_docs`` best first; returns ``n``."""
+    for pos in range(n - 1, -1, -1):
+        out_scores[pos] = hs[0]
+        out_docs[pos] = hi[0]
+        hs[0] = hs[pos]
+        hi[0] = hi[pos]
+        _sift_down(hs, hi, pos, 0)
+    return n
+
+
+@nb.njit(cache=True)
 def _find_entry(entry_block, lo, hi, block):
     """Index of ``block`` among entry_block[lo:hi] (ascending), or -1."""
     while lo < hi:
@@ -115,6 +127,7 @@ def search_one(
     doc_rank,
     n_docs,
     block_size,
+    accumulate_docs,
     ub,
     table,
     stamp,
@@ -128,7 +141,8 @@ def search_one(
     int64: per block, the entry of each of the query's first sparse terms, so that scoring a block reads a
     few adjacent cache lines), with ``stamp`` a number not used by the previous query on the same table (no
     clearing needed).
-    Raw scores: multiply by the shard's scale outside.
+    Raw scores: multiply by the shard's scale outside. A shard of at most ``accumulate_docs`` documents is
+    searched term at a time instead (``_search_accumulate``; exact whatever ``alpha``).
 
     (1) One pass over the query terms' entries sums the block bounds and records, per (query term, block),
     where the term's postings in that block are. Dense terms (one entry per block, build.pad_dense_terms)
@@ -138,6 +152,22 @@ def search_one(
     A block left out has ``alpha * bound < theta <= final k-th score``: with ``alpha = 1`` it cannot hold a
     top-k document, so the result is exact.
     """
+    if n_docs <= accumulate_docs:
+        return _search_accumulate(
+            q_terms,
+            q_weights,
+            k,
+            term_ptr,
+            entry_block,
+            entry_post,
+            post_doc,
+            post_imp,
+            doc_rank,
+            n_docs,
+            block_size,
+            out_scores,
+            out_docs,
+        )
     n_blocks = ub.shape[0]
     nq = q_terms.shape[0]
     ranked = doc_rank.shape[0] > 0
@@ -255,15 +285,53 @@ def search_one(
                                 n = _offer(hs, hi, n, k, s, r)
         ceiling = floor
         floor = floor * ROUND_FACTOR
+    return _drain(hs, hi, n, out_scores, out_docs)
 
-    # heap -> best-first order
-    for pos in range(n - 1, -1, -1):
-        out_scores[pos] = hs[0]
-        out_docs[pos] = hi[0]
-        hs[0] = hs[pos]
-        hi[0] = hi[pos]
-        _sift_down(hs, hi, pos, 0)
-    return n
+
+@nb.njit(cache=True)
+def _search_accumulate(
+    q_terms,
+    q_weights,
+    k,
+    term_ptr,
+    entry_block,
+    entry_post,
+    post_doc,
+    post_imp,
+    doc_rank,
+    n_docs,
+    block_size,
+    out_scores,
+    out_docs,
+):
+    """Exact top-``k`` term at a time: every posting of every query term into one accumulator per document,
+    then one pass over the accumulators. On a small shard the block bounds prune little, and streaming each
+    term's postings beats visiting blocks and gathering their entries (SciFact's 5,183 BM25 vectors, ~21,500
+    postings per query: 37 against 58 us, kernel alone)."""
+    acc = np.zeros(n_docs, dtype=np.float64)
+    for i in range(q_terms.shape[0]):
+        t = q_terms[i]
+        w = q_weights[i]
+        for e in range(term_ptr[t], term_ptr[t + 1]):
+            base = np.int64(entry_block[e]) * block_size
+            for p in range(entry_post[e], entry_post[e + 1]):
+                off, imp = _posting(post_doc, post_imp, p)
+                acc[base + off] += w * imp
+    hs = np.empty(k, dtype=np.float64)
+    hi = np.empty(k, dtype=np.int64)
+    n = 0
+    ranked = doc_rank.shape[0] > 0
+    # kept inline: the same test in a helper taking the heap arrays cost ~16 ns per document (20x), as a call
+    theta = 0.0  # the k-th score once the heap is full
+    for doc in range(n_docs):
+        s = acc[doc]
+        if s >= theta and s > 0.0:
+            r = np.int64(doc_rank[doc]) if ranked else doc
+            if n < k or s > hs[0] or r < hi[0]:
+                n = _offer(hs, hi, n, k, s, r)
+                if n == k:
+                    theta = hs[0]
+    return _drain(hs, hi, n, out_scores, out_docs)
 
 
 @nb.njit(cache=True, parallel=True)
@@ -282,6 +350,7 @@ def search_batch(
     doc_rank,
     n_docs,
     block_size,
+    accumulate_docs,
     n_blocks,
     n_chunks,
     out_scores,
@@ -311,6 +380,7 @@ def search_batch(
                 doc_rank,
                 n_docs,
                 block_size,
+                accumulate_docs,
                 ub,
                 table,
                 qi + 1,

@@ -46,17 +46,23 @@ def random_setup():
     return docs, ids, queries
 
 
+# the two exact kernels: block-max pruning, and term at a time (small shards: accumulate_docs)
+PATHS = {"blocks": 0, "accumulate": 10**9}
+
+
 @pytest.mark.parametrize("reorder", ["bp", "none"])
 @pytest.mark.parametrize("quantization", ["uint8", "uint16"])
 @pytest.mark.parametrize("k", [1, 10, 100, 1000])
 def test_exact_equals_exhaustive_on_random_vectors(random_setup, quantization, k, reorder):
     docs, ids, queries = random_setup
     index = InvertedIndex.build(docs, ids, quantization=quantization, block_size=32, reorder=reorder)
-    for qi in range(queries.shape[0]):
-        got_ids, got_scores = index.search(queries[qi].indices, queries[qi].data, k)
-        exp_ids, exp_scores = exhaustive(index, docs, ids, queries[qi], k)
-        assert got_ids == exp_ids
-        np.testing.assert_array_equal(got_scores, exp_scores)
+    for path, accumulate_docs in PATHS.items():
+        index.accumulate_docs = accumulate_docs
+        for qi in range(queries.shape[0]):
+            got_ids, got_scores = index.search(queries[qi].indices, queries[qi].data, k)
+            exp_ids, exp_scores = exhaustive(index, docs, ids, queries[qi], k)
+            assert got_ids == exp_ids, (path, qi)
+            np.testing.assert_array_equal(got_scores, exp_scores)
 
 
 def test_float32_exact_matches_exhaustive(random_setup):
@@ -117,22 +123,26 @@ def test_exact_equals_exhaustive_on_bm25_vectors(name, k, data_root):
     doc_ids, docs = collection_vectors(name)
     _, queries = bm25_queries(name, "test")
     index = InvertedIndex.build(docs, doc_ids)
-    results = index.batch_search(queries[:60], k, num_threads=2)
-    for qi, (got_ids, got_scores) in enumerate(results):
-        exp_ids, exp_scores = exhaustive(index, docs, doc_ids, queries[qi], k)
-        assert got_ids == exp_ids, f"query {qi}"
-        np.testing.assert_array_equal(got_scores, exp_scores)
+    for path, accumulate_docs in PATHS.items():
+        index.accumulate_docs = accumulate_docs
+        results = index.batch_search(queries[:60], k, num_threads=2)
+        for qi, (got_ids, got_scores) in enumerate(results):
+            exp_ids, exp_scores = exhaustive(index, docs, doc_ids, queries[qi], k)
+            assert got_ids == exp_ids, f"{path}: query {qi}"
+            np.testing.assert_array_equal(got_scores, exp_scores)
 
 
 @pytest.mark.parametrize("k", [1, 10, 100, 1000])
 def test_exact_equals_exhaustive_on_real_splade_vectors(k, data_root):
     doc_ids, docs, _, queries = splade_toy()
     index = InvertedIndex.build(docs, doc_ids, quantization="uint16", block_size=4)
-    for qi in range(queries.shape[0]):
-        got_ids, got_scores = index.search(queries[qi].indices, queries[qi].data, k)
-        exp_ids, exp_scores = exhaustive(index, docs, doc_ids, queries[qi], k)
-        assert got_ids == exp_ids
-        np.testing.assert_array_equal(got_scores, exp_scores)
+    for path, accumulate_docs in PATHS.items():
+        index.accumulate_docs = accumulate_docs
+        for qi in range(queries.shape[0]):
+            got_ids, got_scores = index.search(queries[qi].indices, queries[qi].data, k)
+            exp_ids, exp_scores = exhaustive(index, docs, doc_ids, queries[qi], k)
+            assert got_ids == exp_ids, (path, qi)
+            np.testing.assert_array_equal(got_scores, exp_scores)
     matching = int(((docs @ queries[0].T).toarray() > 0).sum())
     assert 0 < matching < 20 and len(index.search(queries[0].indices, queries[0].data, 1000)[0]) == matching
 
@@ -141,6 +151,14 @@ def test_approximate_recall_at_default_setting(data_root):
     doc_ids, docs = collection_vectors("scifact")
     _, queries = bm25_queries("scifact", "test")
     index = InvertedIndex.build(docs, doc_ids)
+    assert index.n_docs <= index.accumulate_docs  # a shard this small is searched term at a time: exact
+    for qi in range(20):
+        row = queries[qi]
+        assert (
+            index.search(row.indices, row.data, 10, mode="approximate")[0]
+            == index.search(row.indices, row.data, 10)[0]
+        )
+    index.accumulate_docs = 0  # the block-max kernel, where alpha < 1 prunes
     recalls = []
     for qi in range(queries.shape[0]):
         exact = set(index.search(queries[qi].indices, queries[qi].data, 10)[0])
