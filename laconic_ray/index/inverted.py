@@ -318,6 +318,7 @@ class InvertedIndex:
             "block_entries": self.meta.n_entries,
             "block_size": self.meta.block_size,
             "reorder": self.meta.reorder,
+            "kernel": "term-at-a-time" if self.n_docs <= self.accumulate_docs else "block-max",
             "quantization": self.meta.quantization,
             "scale": self.meta.scale,
             "bytes": nbytes,

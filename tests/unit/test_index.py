@@ -313,5 +313,9 @@ def test_inconsistent_shard_is_caught_even_without_checksums(random_setup, tmp_p
 
 def test_stats(random_setup):
     docs, ids, _ = random_setup
-    stats = InvertedIndex.build(docs, ids).stats()
+    index = InvertedIndex.build(docs, ids)
+    stats = index.stats()
     assert stats["docs"] == 5000 and stats["postings"] <= docs.nnz and stats["bytes_per_doc"] > 0
+    assert stats["kernel"] == "term-at-a-time"
+    index.accumulate_docs = 4999
+    assert index.stats()["kernel"] == "block-max"
