@@ -57,6 +57,8 @@ SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
     ("laconic_ray alpha=0.7", "laconic_ray", {"mode": "approximate", "alpha": 0.7}),
     ("laconic_ray alpha=0.6", "laconic_ray", {"mode": "approximate", "alpha": 0.6}),
     ("laconic_ray alpha=0.5", "laconic_ray", {"mode": "approximate", "alpha": 0.5}),
+    ("laconic_ray alpha=0.4", "laconic_ray", {"mode": "approximate", "alpha": 0.4}),
+    ("laconic_ray alpha=0.3", "laconic_ray", {"mode": "approximate", "alpha": 0.3}),
     ("laconic_ray exact uint16", "laconic_ray", {"quantization": "uint16"}),
     ("laconic_ray exact, doc-id order", "laconic_ray", {"reorder": "none"}),
     ("seismic qc=3", "seismic", {"query_cut": 3, "heap_factor": 0.9}),
