@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
@@ -84,6 +85,14 @@ class ChannelServer:
             self._listeners.clear()
 
 
+def _receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO on a blocking socket: a read waits at most ``seconds`` (0: no limit)."""
+    whole = int(seconds)
+    sock.setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    )
+
+
 class ChannelClosed(RuntimeError):
     """The channel failed (closed, reset, timed out); it must not be used again."""
 
@@ -95,14 +104,20 @@ class Channel:
     def __init__(self, host: str, port: int, key: bytes, connect_timeout_s: float = 2.0) -> None:
         sock = socket.create_connection((host, port), timeout=connect_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)  # blocking again: waits below use poll() with a deadline
+        sock.settimeout(None)  # blocking again: waits after the handshake use poll() with a deadline
+        _receive_timeout(sock, connect_timeout_s)  # ... and the handshake's reads fail after this long
         self.conn = Connection(sock.detach())
         try:
             answer_challenge(self.conn, key)  # what multiprocessing.connection.Client does, with a timeout
             deliver_challenge(self.conn, key)
-        except Exception:
+        except Exception as e:
             self.conn.close()
+            if isinstance(e, OSError):  # a receive timeout: EAGAIN
+                raise ChannelClosed(f"no handshake from {host}:{port} within {connect_timeout_s} s") from e
             raise
+        with socket.socket(fileno=self.conn.fileno()) as view:
+            _receive_timeout(view, 0.0)
+            view.detach()
         self.lock = threading.Lock()
 
     def send(self, data: bytes) -> None:
