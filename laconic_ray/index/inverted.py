@@ -63,9 +63,10 @@ class InvertedIndex:
         self.meta = meta
         self.source = source
         self.n_blocks = max(1, -(-meta.n_docs // meta.block_size))
-        self.accumulate_docs = self.ACCUMULATE_DOCS
+        self._accumulate_docs = self.ACCUMULATE_DOCS
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None
-        self._id_blob: bytes | None = None
+        self._id_text: str | bytes | None = None
+        self._id_bounds: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._kernel_args: tuple | None = None
         self._queries = 0
         self._search_seconds = 0.0
@@ -133,6 +134,21 @@ class InvertedIndex:
     # ------------------------------------------------------------------------------------------- queries
 
     @property
+    def accumulate_docs(self) -> int:
+        """Shards of at most this many documents are searched term at a time (a tuning knob for tests and
+        benchmarks; the kernels' arguments follow it)."""
+        return self._accumulate_docs
+
+    @accumulate_docs.setter
+    def accumulate_docs(self, value: int) -> None:
+        self._accumulate_docs = int(value)
+        self._kernel_args = None
+
+    @property
+    def term_at_a_time(self) -> bool:
+        return self.n_docs <= self._accumulate_docs
+
+    @property
     def n_docs(self) -> int:
         return self.meta.n_docs
 
@@ -142,12 +158,18 @@ class InvertedIndex:
 
     def _lookup_ids(self, ranks: np.ndarray) -> list[str]:
         """Doc ids of documents given by rank (doc-id order), the way the kernels return them."""
-        if self._id_blob is None:  # one copy into a Python bytes object makes every later lookup ~100 ns
-            self._id_blob = self.arrays["id_bytes"].tobytes()
-        offsets = np.asarray(self.arrays["id_offsets"])  # a plain view: memmap indexing is slow per item
-        starts, ends = offsets[ranks].tolist(), offsets[ranks + 1].tolist()
-        blob = self._id_blob
-        return [blob[a:b].decode() for a, b in zip(starts, ends, strict=True)]
+        if self._id_text is None:
+            # one copy of the ids into a Python object makes every later lookup a slice (~100 ns); ASCII ids
+            # (the usual case) are kept as a str, whose character offsets are the byte offsets: no decode
+            blob = self.arrays["id_bytes"].tobytes()
+            self._id_text = blob.decode() if blob.isascii() else blob
+            offsets = np.asarray(self.arrays["id_offsets"])  # a plain view: memmap indexing is slow per item
+            self._id_bounds = offsets[:-1], offsets[1:]
+        text, (starts, ends) = self._id_text, self._id_bounds
+        spans = zip(starts[ranks].tolist(), ends[ranks].tolist(), strict=False)  # equal by construction
+        if isinstance(text, str):
+            return [text[a:b] for a, b in spans]
+        return [text[a:b].decode() for a, b in spans]
 
     def doc_id(self, rank: int) -> str:
         return self._lookup_ids(np.array([rank]))[0]
@@ -155,27 +177,36 @@ class InvertedIndex:
     def doc_ids(self) -> list[str]:
         return self._lookup_ids(np.arange(self.n_docs))
 
-    def _prepare(self, indices: Any, values: Any, query_mass: float) -> tuple[np.ndarray, np.ndarray]:
-        """Validate one query; merge duplicate ids; drop zero weights; sort by weight (largest first)."""
+    def _query_arrays(self, indices: Any, values: Any, query_mass: float) -> tuple[np.ndarray, np.ndarray]:
+        """One query's ids (int64) and weights (float64), with the checks that need no pass over them."""
         indices = np.asarray(indices)
         values = np.asarray(values, dtype=np.float64)
         if indices.ndim != 1 or values.ndim != 1 or len(indices) != len(values):
             raise QueryError(
                 f"query needs equal-length 1-D indices and values, got {indices.shape} and {values.shape}"
             )
-        if len(indices) and not np.issubdtype(indices.dtype, np.integer):
+        if len(indices) and indices.dtype.kind not in "iu":
             raise QueryError(f"query term ids must be integers, got {indices.dtype}")
         if not 0 < query_mass <= 1:
             raise QueryError(f"query_mass must be in (0, 1], got {query_mass}")
-        terms, weights, error, bad = kernels.prepare_query(
-            indices.astype(np.int64, copy=False), values, self.vocab_size, float(query_mass)
-        )
+        return indices.astype(np.int64, copy=False), values
+
+    def _raise_query_error(self, error: int, bad: int, indices: np.ndarray, values: np.ndarray) -> None:
+        """The message for ``kernels.prepare_query``'s error codes (1: term id, 2: weight)."""
         if error == 1:
             raise QueryError(
                 f"query term id {int(indices[bad])} outside the vocabulary [0, {self.vocab_size})"
             )
         if error == 2:
             raise QueryError(f"query weight {values[bad]} (term {int(indices[bad])}) is not finite and >= 0")
+
+    def _prepare(self, indices: Any, values: Any, query_mass: float) -> tuple[np.ndarray, np.ndarray]:
+        """Validate one query; merge duplicate ids; drop zero weights; sort by weight (largest first)."""
+        indices, values = self._query_arrays(indices, values, query_mass)
+        terms, weights, error, bad = kernels.prepare_query(
+            indices, values, self.vocab_size, float(query_mass)
+        )
+        self._raise_query_error(error, bad, indices, values)
         return terms, weights
 
     @staticmethod
@@ -187,10 +218,20 @@ class InvertedIndex:
 
     def _raw(self) -> tuple:
         """The kernels' index arguments, as plain ndarray views: numba's dispatcher types an exact ndarray on
-        a fast path and a subclass (``np.memmap``) on a slow one, several microseconds per argument."""
+        a fast path and a subclass (``np.memmap``) on a slow one, several microseconds per argument. A shard
+        searched term at a time also gets its postings' absolute document numbers (kernels.flat_postings)."""
         if self._kernel_args is None:
             names = ("term_ptr", "entry_block", "entry_max", "entry_post", "post_doc", "post_imp", "doc_rank")
-            self._kernel_args = tuple(np.asarray(self.arrays[name]) for name in names)
+            arrays = tuple(np.asarray(self.arrays[name]) for name in names)
+            _, entry_block, _, entry_post, post_doc, post_imp, _ = arrays
+            post_abs = (
+                kernels.flat_postings(
+                    entry_block, entry_post, post_doc, post_imp, self.meta.block_size, self.n_docs
+                )
+                if self.term_at_a_time
+                else np.zeros(0, dtype=np.uint16)
+            )
+            self._kernel_args = (*arrays, post_abs)
         return self._kernel_args
 
     def _result(self, scores: np.ndarray, docs: np.ndarray, n: int) -> Result:
@@ -220,7 +261,7 @@ class InvertedIndex:
         ``alpha``/``query_mass`` override either mode's values."""
         alpha, query_mass = self._settings(mode, alpha, query_mass)
         self._check(k, alpha)
-        terms, weights = self._prepare(q_indices, q_values, query_mass)
+        indices, values = self._query_arrays(q_indices, q_values, query_mass)
         started = time.perf_counter()
         if self._scratch is None:
             self._scratch = (
@@ -229,9 +270,12 @@ class InvertedIndex:
             )
         k_eff = min(int(k), max(self.n_docs, 1))
         scores, docs = np.empty(k_eff), np.empty(k_eff, dtype=np.int64)
-        n = kernels.search_one(
-            terms,
-            weights,
+        n, error, bad = kernels.search_query(  # prepare_query + search_one in one call, scores scaled
+            indices,
+            values,
+            self.vocab_size,
+            float(query_mass),
+            self.meta.scale,
             k_eff,
             float(alpha),
             *self._raw(),
@@ -243,9 +287,10 @@ class InvertedIndex:
             scores,
             docs,
         )
+        self._raise_query_error(error, bad, indices, values)
         self._queries += 1
         self._search_seconds += time.perf_counter() - started
-        return self._result(scores, docs, n)
+        return self._lookup_ids(docs[:n]), scores[:n]
 
     def batch_search(
         self,
@@ -318,7 +363,7 @@ class InvertedIndex:
             "block_entries": self.meta.n_entries,
             "block_size": self.meta.block_size,
             "reorder": self.meta.reorder,
-            "kernel": "term-at-a-time" if self.n_docs <= self.accumulate_docs else "block-max",
+            "kernel": "term-at-a-time" if self.term_at_a_time else "block-max",
             "quantization": self.meta.quantization,
             "scale": self.meta.scale,
             "bytes": nbytes,
