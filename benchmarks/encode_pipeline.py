@@ -11,7 +11,17 @@ reported with ratios against the plain loop:
   write), which is what the pipeline's actors pay too; ``plain_warm`` is the same loop inside this already
   warm process (imports done; model load, encode and write timed);
 * ray-1: the pipeline with one actor holding 2 CPUs (2 torch threads);
-* ray-2: two actors with 1 CPU each.
+* ray-2: two actors with 1 CPU each;
+
+each at every ``--shard-bytes`` (names like ``ray-1@4096KiB``). Shard size can matter on CPU beyond
+start-up: an actor encodes a shard's length-sorted batches two at a time and waits for the last one before
+the next shard, so a shard of a few hundred documents (~8 batches) may leave a core idle for part of its
+time (one run, 5 Dec: 1-actor steady state 0.83 of the plain loop at 390 KiB vs 0.89 at 4 MiB, inside
+this machine's run-to-run noise). The production default is 16 MiB (~11,000 SciFact passages).
+
+Variants run in order in even repeats and in reverse order in odd ones (the machine's speed drifts by tens of
+percent over minutes); ``paired_*`` ratios are taken within each repeat and their median reported, which is
+what to quote; ``ratio_*`` divides the medians.
 
 The local Ray cluster is started once, before timing; each pipeline run includes its actors' start and
 model load (the plain loop includes its model load too). The per-document cost split (tokenize, pad,
@@ -24,6 +34,7 @@ model load), steady state (first shard started -> last shard written) and tail (
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -38,7 +49,7 @@ import common
 common.setup()
 
 
-def plain_loop(model_dir: str, corpus: str, output: str, batch_size: int) -> float:
+def plain_loop(model_dir: str, corpus: str, output: str, batch_size: int) -> tuple[float, float, dict]:
     import torch
 
     from laconic_ray import sparse
@@ -50,9 +61,12 @@ def plain_loop(model_dir: str, corpus: str, output: str, batch_size: int) -> flo
     encoder = SparseEncoder.from_pretrained(model_dir)
     loaded = time.perf_counter()
     docs = list(iter_documents(corpus))
-    csr = encoder.encode_documents([d.full_text() for d in docs], batch_size=batch_size, top_k=512)
+    stats: dict[str, float] = {}
+    texts = [d.full_text() for d in docs]
+    csr = encoder.encode(texts, "passage", batch_size=batch_size, top_k=512, stats=stats)
     sparse.write_sparse(output, [d.id for d in docs], csr, encoder.vocab_size, metadata={"model": model_dir})
-    return time.perf_counter() - started, time.perf_counter() - loaded
+    split = {k: v for k, v in stats.items() if k.endswith("_s")}
+    return time.perf_counter() - started, time.perf_counter() - loaded, split
 
 
 def plain_script(model_dir: str, corpus: str, output: str, batch_size: int) -> float:
@@ -66,7 +80,9 @@ def plain_script(model_dir: str, corpus: str, output: str, batch_size: int) -> f
     return time.perf_counter() - started
 
 
-def pipeline(model_dir: str, corpus: str, output: str, batch_size: int, actors: int) -> tuple[float, dict]:
+def pipeline(
+    model_dir: str, corpus: str, output: str, batch_size: int, actors: int, shard_bytes: int
+) -> tuple[float, dict, dict]:
     from laconic_ray.config import EncodeConfig, load_config
     from laconic_ray.distributed.encode import run_encode
 
@@ -80,7 +96,7 @@ def pipeline(model_dir: str, corpus: str, output: str, batch_size: int, actors: 
             f"batch_size={batch_size}",
             f"num_actors={actors}",
             f"num_cpus_per_actor={2 // actors}",
-            "shard_bytes=400000",
+            f"shard_bytes={shard_bytes}",
         ],
     )
     started, started_at = time.perf_counter(), time.time()
@@ -124,6 +140,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--actors", default="1,2", help="pipeline variants: actor counts")
+    parser.add_argument("--shard-bytes", default="4194304,400000", help="pipeline variants: shard sizes")
     parser.add_argument("--plain-script", nargs=4, help=argparse.SUPPRESS)  # the script variant's own run
     args = parser.parse_args()
     if args.plain_script:
@@ -142,24 +159,41 @@ def main() -> None:
     corpus_of(args.docs, corpus)
     # the cluster `laconic encode` would start (its job runtime env carries LACONIC_*), before timing
     ensure_ray(RayConfig(num_cpus=2))
-    variants = [int(a) for a in args.actors.split(",")]
-    times: dict[str, list[float]] = {"plain": [], "plain_warm": [], **{f"ray-{a}": [] for a in variants}}
+    variants = {
+        f"ray-{a}@{int(b) // 1024}KiB": (int(a), int(b))
+        for a in args.actors.split(",")
+        for b in args.shard_bytes.split(",")
+    }
+    times: dict[str, list[float]] = {"plain": [], "plain_warm": [], **{name: [] for name in variants}}
     plain_encode: list[float] = []
     splits: dict[str, dict] = {}
-    timelines: dict[str, list[dict]] = {f"ray-{a}": [] for a in variants}
+    timelines: dict[str, list[dict]] = {name: [] for name in variants}
     for repeat in range(args.repeats):
         out = tmp / f"out{repeat}"
-        times["plain"].append(plain_script(model_dir, str(corpus), str(out / "plain"), args.batch_size))
-        total, encode_s = plain_loop(model_dir, str(corpus), str(out / "plain_warm"), args.batch_size)
-        times["plain_warm"].append(total)
-        plain_encode.append(encode_s)
-        for actors in variants:
-            seconds, split, timeline = pipeline(
-                model_dir, str(corpus), str(out / f"ray{actors}"), args.batch_size, actors
+
+        def run_plain_script(out=out) -> None:
+            times["plain"].append(plain_script(model_dir, str(corpus), str(out / "plain"), args.batch_size))
+
+        def run_plain_warm(out=out) -> None:
+            total, encode_s, split = plain_loop(
+                model_dir, str(corpus), str(out / "plain_warm"), args.batch_size
             )
-            times[f"ray-{actors}"].append(seconds)
-            splits[f"ray-{actors}"] = split
-            timelines[f"ray-{actors}"].append(timeline)
+            times["plain_warm"].append(total)
+            plain_encode.append(encode_s)
+            splits["plain_warm"] = split
+
+        def run_pipeline(name: str, out=out) -> None:
+            actors, shard_bytes = variants[name]
+            seconds, split, timeline = pipeline(
+                model_dir, str(corpus), str(out / name), args.batch_size, actors, shard_bytes
+            )
+            times[name].append(seconds)
+            splits[name] = split
+            timelines[name].append(timeline)
+
+        steps = [run_plain_script, run_plain_warm, *(functools.partial(run_pipeline, n) for n in variants)]
+        for step in steps if repeat % 2 == 0 else steps[::-1]:  # ABC, CBA, ...: drift hits all alike
+            step()
         shutil.rmtree(out)
     result = {"docs": args.docs, "repeats": args.repeats, "batch_size": args.batch_size}
     for name, values in times.items():
@@ -168,18 +202,26 @@ def main() -> None:
             "docs_per_s": round(args.docs / statistics.median(values), 1),
         }
     result["plain_warm"]["encode_docs_per_s"] = round(args.docs / statistics.median(plain_encode), 1)
-    for actors in variants:
-        name = f"ray-{actors}"
+    # the same steps in the same units as the pipeline's (seconds summed over threads, last repeat)
+    result["plain_warm"]["ms_per_doc"] = {
+        k: round(1000 * v / args.docs, 2) for k, v in splits["plain_warm"].items()
+    }
+    for name in variants:
         for plain in ("plain", "plain_warm"):
             result[name][f"ratio_vs_{plain}"] = round(
                 result[name]["docs_per_s"] / result[plain]["docs_per_s"], 3
             )
+            # the same ratio within each repeat, then the median: robust to the machine's drift
+            paired = [p / r for p, r in zip(times[plain], times[name], strict=True)]
+            result[name][f"paired_ratio_vs_{plain}"] = round(statistics.median(paired), 3)
         timeline = {k: round(statistics.median(t[k] for t in timelines[name]), 2) for k in timelines[name][0]}
         result[name]["timeline"] = timeline
         result[name]["steady_docs_per_s"] = round(args.docs / timeline["steady_s"], 1)
         result[name]["steady_ratio_vs_plain"] = round(
             result[name]["steady_docs_per_s"] / result["plain_warm"]["encode_docs_per_s"], 3
         )
+        paired = [e / t["steady_s"] for e, t in zip(plain_encode, timelines[name], strict=True)]
+        result[name]["paired_steady_ratio_vs_plain"] = round(statistics.median(paired), 3)
         total = sum(splits[name].values())
         result[name]["cost_split"] = {k: round(v / total, 3) for k, v in splits[name].items()}
         result[name]["ms_per_doc"] = {k: round(1000 * v / args.docs, 2) for k, v in splits[name].items()}

@@ -183,12 +183,13 @@ def _run_pipeline(
             max_task_retries=config.max_retries,
         )
     records = []
+    docs = 0
     started = time.perf_counter()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for text in batch.column("record").to_pylist():
             record = json.loads(text)
             records.append(record)
-            docs = sum(r["entry"]["rows"] for r in records)
+            docs += record["entry"]["rows"]
             log.info(
                 "shard %d done (%d/%d): %d docs, %d rejects; %.1f docs/s so far",
                 record["shard"],
