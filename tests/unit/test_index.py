@@ -94,6 +94,24 @@ def test_ties_are_broken_by_doc_id(reorder):
     assert index.search([0, 2], [1.0, 1.0], 10)[0] == with_term_2[:10]
 
 
+def test_non_ascii_doc_ids_survive_search_and_save_load(random_setup, tmp_path):
+    # ids are kept as one str when all are ASCII (slices by byte offset) and as bytes otherwise (decoded per
+    # id): both lookups must give back exactly the ids that went in
+    docs, ids, queries = random_setup
+    names = {"ascii": ids, "unicode": [f"{d}-{'éß文書'[i % 4]}" for i, d in enumerate(ids)]}
+    for kind, doc_ids in names.items():
+        index = InvertedIndex.build(docs, doc_ids, quantization="uint16")
+        index.save(str(tmp_path / kind))
+        loaded = InvertedIndex.load(str(tmp_path / kind))
+        assert loaded.doc_ids() == sorted(doc_ids)
+        for qi in range(5):
+            got_ids, got_scores = loaded.search(queries[qi].indices, queries[qi].data, 20)
+            exp_ids, exp_scores = exhaustive(loaded, docs, doc_ids, queries[qi], 20)
+            assert got_ids == exp_ids, (kind, qi)
+            np.testing.assert_array_equal(got_scores, exp_scores)
+        assert isinstance(loaded._id_text, str) == (kind == "ascii")  # both lookup paths were taken
+
+
 def test_bisection_groups_documents_that_share_terms():
     # 40 topics of 64 documents, each drawing 20 of its topic's 30 terms, shuffled: the bisection should put
     # each topic back into (about) one block, i.e. far fewer (term, block) entries than the shuffled order
