@@ -25,7 +25,8 @@ what to quote; ``ratio_*`` divides the medians.
 
 The local Ray cluster is started once, before timing; each pipeline run includes its actors' start and
 model load (the plain loop includes its model load too). The per-document cost split (tokenize, pad,
-forward, pool, write) comes from the pipeline's own journal records, and so does the timeline that splits a
+forward, pool, write; wall time summed over threads) comes from the pipeline's own journal records, with the
+model steps' CPU time (``model_cpu_share`` below 1: threads waiting for a core), and so does the timeline that splits a
 run into start-up (run called -> the first shard starts encoding: Ray Data planning, actor start, imports,
 model load), steady state (first shard started -> last shard written) and tail (-> manifest written):
 ``steady_ratio_vs_plain`` compares steady-state docs/s with the plain loop's encode-and-write docs/s.
@@ -66,6 +67,7 @@ def plain_loop(model_dir: str, corpus: str, output: str, batch_size: int) -> tup
     csr = encoder.encode(texts, "passage", batch_size=batch_size, top_k=512, stats=stats)
     sparse.write_sparse(output, [d.id for d in docs], csr, encoder.vocab_size, metadata={"model": model_dir})
     split = {k: v for k, v in stats.items() if k.endswith("_s")}
+    split["model_cpu"] = stats["model_cpu"]
     return time.perf_counter() - started, time.perf_counter() - loaded, split
 
 
@@ -107,7 +109,7 @@ def pipeline(
     for record in Path(output, "_progress").glob("part-*.json"):
         entry = json.loads(record.read_text())
         timelines.append(entry["timeline"])
-        for key, value in entry["split_s"].items():
+        for key, value in [*entry["split_s"].items(), ("model_cpu", entry["model_cpu_s"])]:
             split[key] = split.get(key, 0.0) + value
     first = min(t["started"] for t in timelines)
     last = max(t["finished"] for t in timelines)
@@ -118,6 +120,18 @@ def pipeline(
         "tail_s": ended_at - last,
     }
     return seconds, split, timeline
+
+
+def cpu_split(split: dict[str, float], docs: int) -> dict:
+    """Per-document wall ms per step, and the model steps' CPU time against their wall time: a share
+    below 1 is time the encode threads spent waiting for a core, not slower compute."""
+    steps = {k: v for k, v in split.items() if k.endswith("_s")}
+    model_wall = steps["pad_s"] + steps["forward_s"] + steps["pool_s"]
+    return {
+        "ms_per_doc": {k: round(1000 * v / docs, 2) for k, v in steps.items()},
+        "model_cpu_ms_per_doc": round(1000 * split["model_cpu"] / docs, 2),
+        "model_cpu_share": round(split["model_cpu"] / model_wall, 3),
+    }
 
 
 def corpus_of(n: int, path: Path) -> None:
@@ -203,9 +217,7 @@ def main() -> None:
         }
     result["plain_warm"]["encode_docs_per_s"] = round(args.docs / statistics.median(plain_encode), 1)
     # the same steps in the same units as the pipeline's (seconds summed over threads, last repeat)
-    result["plain_warm"]["ms_per_doc"] = {
-        k: round(1000 * v / args.docs, 2) for k, v in splits["plain_warm"].items()
-    }
+    result["plain_warm"].update(cpu_split(splits["plain_warm"], args.docs))
     for name in variants:
         for plain in ("plain", "plain_warm"):
             result[name][f"ratio_vs_{plain}"] = round(
@@ -222,9 +234,9 @@ def main() -> None:
         )
         paired = [e / t["steady_s"] for e, t in zip(plain_encode, timelines[name], strict=True)]
         result[name]["paired_steady_ratio_vs_plain"] = round(statistics.median(paired), 3)
-        total = sum(splits[name].values())
-        result[name]["cost_split"] = {k: round(v / total, 3) for k, v in splits[name].items()}
-        result[name]["ms_per_doc"] = {k: round(1000 * v / args.docs, 2) for k, v in splits[name].items()}
+        result[name].update(cpu_split(splits[name], args.docs))
+        steps = {k: v for k, v in splits[name].items() if k.endswith("_s")}
+        result[name]["cost_split"] = {k: round(v / sum(steps.values()), 3) for k, v in steps.items()}
     shutil.rmtree(tmp)
     print(json.dumps(result))
 

@@ -178,6 +178,7 @@ class ShardEncoder:
             "metadata": {**self.metadata(), "vocab_size": self.encoder.vocab_size},
             "rejects": rejects,
             "tokens": int(stats.get("tokens", 0)),
+            "model_cpu_s": stats.get("model_cpu", 0.0),
             "nnz": int(csr.nnz),
             "seconds": time.perf_counter() - started,
             "timeline": {"actor_ready": self.ready_at, "started": started_at, "finished": time.time()},

@@ -152,6 +152,9 @@ def test_parallel_batches_give_the_same_vectors_and_restore_torch_threads():
     assert one.shape == two.shape
     np.testing.assert_allclose(one.toarray(), two.toarray(), atol=1e-5)
     assert stats_one["tokens"] == stats_two["tokens"] and stats_two["pool_s"] > 0
+    # one torch thread per batch: a batch's CPU time cannot exceed its wall time
+    wall = stats_two["pad_s"] + stats_two["forward_s"] + stats_two["pool_s"]
+    assert 0 < stats_two["model_cpu"] <= wall + 1e-3 * len(texts)
 
 
 def test_lora_only_adapters_get_gradients():
