@@ -43,7 +43,11 @@ def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearch
     )
 
 
-def run_serve(config: ServeConfig, stop: threading.Event | None = None) -> dict[str, Any]:
+def run_serve(
+    config: ServeConfig, stop: threading.Event | None = None, ready: threading.Event | None = None
+) -> dict[str, Any]:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM on the main thread); ``ready`` is set once the HTTP
+    application answers, for callers that run the service on a thread of their own."""
     import os
 
     from ray import serve
@@ -66,6 +70,8 @@ def run_serve(config: ServeConfig, stop: threading.Event | None = None) -> dict[
             "without %s",
             " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items()),
         )
+    if ready is not None:
+        ready.set()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -291,18 +291,20 @@ def test_laconic_serve_and_search_commands(ray_session, vectors, tmp_path):
     # `laconic search` with no service at host:port starts shard actors of its own for the query
     alone = run_search(dataclasses.replace(config, port=_free_port()))
     assert alone["via"] == "shard actors" and len(alone["hits"]) == 5
-    stop, summary = threading.Event(), {}
-    server = threading.Thread(target=lambda: summary.update(run_serve(config, stop)))
+    stop, ready, summary = threading.Event(), threading.Event(), {}
+
+    def serve_until_stopped() -> None:
+        try:
+            summary.update(run_serve(config, stop, ready))
+        finally:
+            ready.set()  # a service that failed to start wakes the test too
+
+    server = threading.Thread(target=serve_until_stopped)
     server.start()
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and server.is_alive():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                    if json.loads(r.read())["ok"]:
-                        break
-            except OSError:
-                time.sleep(0.5)
+        assert ready.wait(180) and server.is_alive(), "laconic serve did not start"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert json.loads(r.read())["ok"]
         via_http = run_search(config)  # ... and asks the running service when there is one
         assert via_http["via"] == "http"
         # the same ranking; scores to float32 rounding (the query is encoded in another process)

@@ -11,10 +11,12 @@ import pytest
 
 from laconic_ray.distributed.channel import Channel, ChannelClosed, ChannelServer
 
+RELEASE_SLOW = threading.Event()  # a "slow" request is answered only once the test has seen its deadline pass
+
 
 def handler(a, b):
     if b == "slow":
-        time.sleep(1.0)
+        RELEASE_SLOW.wait(10)
     if b == 0:
         raise ZeroDivisionError("b is zero")
     return a / b
@@ -49,9 +51,13 @@ def test_wrong_key_is_refused(server):
 
 def test_a_late_answer_closes_the_channel(server):
     channel = Channel(*server.address("127.0.0.1"))
+    RELEASE_SLOW.clear()
     channel.send(pickle.dumps((1, "slow")))
-    with pytest.raises(ChannelClosed, match="no answer within"):
-        channel.receive(0.1)
+    try:
+        with pytest.raises(ChannelClosed, match="no answer within"):
+            channel.receive(0.1)
+    finally:
+        RELEASE_SLOW.set()  # now the answer comes, late
     assert channel.closed  # its late answer must never be read as the next request's
 
 
