@@ -25,11 +25,11 @@ what to quote; ``ratio_*`` divides the medians.
 
 The local Ray cluster is started once, before timing; each pipeline run includes its actors' start and
 model load (the plain loop includes its model load too). The per-document cost split (tokenize, pad,
-forward, pool, write; wall time summed over threads) comes from the pipeline's own journal records, with the
-model steps' CPU time (``model_cpu_share`` below 1: threads waiting for a core), and so does the timeline that splits a
-run into start-up (run called -> the first shard starts encoding: Ray Data planning, actor start, imports,
-model load), steady state (first shard started -> last shard written) and tail (-> manifest written):
-``steady_ratio_vs_plain`` compares steady-state docs/s with the plain loop's encode-and-write docs/s.
+forward, pool, write; wall time summed over threads) comes from the pipeline's own journal records, with
+the model steps' CPU time (``model_cpu_share`` below 1: threads waiting for a core), and so does the
+timeline that splits a run into start-up (run called -> the first shard starts encoding: Ray Data
+planning, actor start, imports, model load), steady state (first shard started -> last shard written) and
+tail (-> manifest written): ``steady_ratio_vs_plain`` compares steady-state docs/s with the plain loop's encode-and-write docs/s.
 """
 
 from __future__ import annotations
@@ -122,13 +122,14 @@ def pipeline(
     return seconds, split, timeline
 
 
-def cpu_split(split: dict[str, float], docs: int) -> dict:
-    """Per-document wall ms per step, and the model steps' CPU time against their wall time: a share
-    below 1 is time the encode threads spent waiting for a core, not slower compute."""
+def step_figures(split: dict[str, float], docs: int) -> dict:
+    """Per-document wall ms per step and each step's share, and the model steps' CPU time against their
+    wall time (a share below 1 is time the encode threads spent waiting for a core)."""
     steps = {k: v for k, v in split.items() if k.endswith("_s")}
     model_wall = steps["pad_s"] + steps["forward_s"] + steps["pool_s"]
     return {
         "ms_per_doc": {k: round(1000 * v / docs, 2) for k, v in steps.items()},
+        "cost_split": {k: round(v / sum(steps.values()), 3) for k, v in steps.items()},
         "model_cpu_ms_per_doc": round(1000 * split["model_cpu"] / docs, 2),
         "model_cpu_share": round(split["model_cpu"] / model_wall, 3),
     }
@@ -217,7 +218,7 @@ def main() -> None:
         }
     result["plain_warm"]["encode_docs_per_s"] = round(args.docs / statistics.median(plain_encode), 1)
     # the same steps in the same units as the pipeline's (seconds summed over threads, last repeat)
-    result["plain_warm"].update(cpu_split(splits["plain_warm"], args.docs))
+    result["plain_warm"].update(step_figures(splits["plain_warm"], args.docs))
     for name in variants:
         for plain in ("plain", "plain_warm"):
             result[name][f"ratio_vs_{plain}"] = round(
@@ -234,9 +235,7 @@ def main() -> None:
         )
         paired = [e / t["steady_s"] for e, t in zip(plain_encode, timelines[name], strict=True)]
         result[name]["paired_steady_ratio_vs_plain"] = round(statistics.median(paired), 3)
-        result[name].update(cpu_split(splits[name], args.docs))
-        steps = {k: v for k, v in splits[name].items() if k.endswith("_s")}
-        result[name]["cost_split"] = {k: round(v / sum(steps.values()), 3) for k, v in steps.items()}
+        result[name].update(step_figures(splits[name], args.docs))
     shutil.rmtree(tmp)
     print(json.dumps(result))
 
