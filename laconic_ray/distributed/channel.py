@@ -8,11 +8,21 @@ shards, measured). A socket with a blocking wait costs tens of microseconds per 
 and any number of clients can hold one (a compiled graph allows one owner per actor).
 
 Ray still owns the actors (placement, restarts, calls that retry); a channel is only a data path. A shard
-actor listens once per interface with ``multiprocessing.connection`` (HMAC challenge with a random key per
-actor, which a client gets through an ordinary, authenticated actor call) and answers each request on the
-connection's own thread. Clients send one pickled payload to every shard first, then wait for each answer
-with a deadline. An error, a closed connection or a timeout closes that channel (a late answer must never
-be read as the next query's); the caller sends that shard's query through actor calls instead.
+actor listens once per interface (HMAC challenge with a random key per actor, which a client gets through an
+ordinary, authenticated actor call) and answers each request on the connection's own thread.
+
+What keeps answers right, whatever a peer does:
+
+* Every request carries a sequence number and its answer echoes it; a client that reads an answer to another
+  request closes the channel instead of using it. A channel whose answer was not read (a deadline passed, a
+  send failed) is closed too, so a late answer can never be taken for the next query's.
+* The listener never waits on a peer: it only accepts; the handshake runs on the connection's own thread
+  with a deadline (``handshake_timeout_s``), and at most ``max_handshakes`` run at once. A peer that stays
+  silent, resets, or sends garbage or an oversized length header costs its own thread, never the listener;
+  accept errors other than the listener's own close (out of file descriptors, a connection aborted before
+  it was taken) are logged and the listener goes on.
+* Requests larger than ``max_request_bytes`` close their connection instead of allocating what the header
+  claims.
 """
 
 from __future__ import annotations
@@ -23,83 +33,145 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-
-class ChannelServer:
-    """The shard actor's side: listeners that call ``handler(*payload)`` for each request they receive."""
-
-    def __init__(self, handler: Callable[..., Any]) -> None:
-        self.handler = handler
-        self.key = os.urandom(32)
-        self._listeners: dict[str, Listener] = {}
-        self._lock = threading.Lock()
-        self.requests = 0
-
-    def address(self, host: str) -> tuple[str, int, bytes]:
-        """``(host, port, key)`` of a listener on ``host`` (started on first use): 127.0.0.1 for clients on
-        this node, the node's address for others, never every interface."""
-        with self._lock:
-            if host not in self._listeners:
-                listener = Listener((host, 0), authkey=self.key)
-                self._listeners[host] = listener
-                threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-            return host, self._listeners[host].address[1], self.key
-
-    def _accept(self, listener: Listener) -> None:
-        while True:
-            try:
-                conn = listener.accept()
-            except OSError:  # closed
-                return
-            except Exception as e:  # a client that failed the challenge
-                log.warning("refused a channel connection: %s", e)
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: Connection) -> None:
-        with conn:
-            while True:
-                try:
-                    request = conn.recv_bytes()
-                except (EOFError, OSError):
-                    return
-                try:
-                    answer = (True, self.handler(*pickle.loads(request)))
-                except Exception as e:
-                    answer = (False, e)
-                self.requests += 1
-                try:
-                    conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
-                except (OSError, pickle.PicklingError):
-                    return
-
-    def close(self) -> None:
-        with self._lock:
-            for listener in self._listeners.values():
-                listener.close()
-            self._listeners.clear()
+_SEQ = struct.Struct("!Q")  # the sequence number in front of every request and answer
 
 
 def _receive_timeout(sock: socket.socket, seconds: float) -> None:
-    """SO_RCVTIMEO on a blocking socket: a read waits at most ``seconds`` (0: no limit)."""
+    """SO_RCVTIMEO on a blocking socket: a read waits at most ``seconds`` (0: no limit). (``settimeout`` would
+    make the descriptor non-blocking, which ``Connection``'s plain reads do not expect.)"""
     whole = int(seconds)
     sock.setsockopt(
         socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6))
     )
 
 
+def _set_receive_timeout(conn: Connection, seconds: float) -> None:
+    with socket.socket(fileno=conn.fileno()) as view:
+        _receive_timeout(view, seconds)
+        view.detach()
+
+
+class ChannelServer:
+    """The shard actor's side: listeners that call ``handler(*payload)`` for each request they receive."""
+
+    def __init__(
+        self,
+        handler: Callable[..., Any],
+        *,
+        handshake_timeout_s: float = 2.0,
+        max_handshakes: int = 32,
+        max_request_bytes: int = 64 << 20,
+    ) -> None:
+        self.handler = handler
+        self.key = os.urandom(32)
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_request_bytes = max_request_bytes
+        self._handshakes = threading.BoundedSemaphore(max_handshakes)
+        self._listeners: dict[str, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.requests = 0
+        self.refused = 0  # connections that failed or never finished the handshake, or were turned away
+
+    def address(self, host: str) -> tuple[str, int, bytes]:
+        """``(host, port, key)`` of a listener on ``host`` (started on first use): 127.0.0.1 for clients on
+        this node, the node's address for others, never every interface."""
+        with self._lock:
+            if host not in self._listeners:
+                listener = socket.create_server((host, 0), backlog=128)
+                self._listeners[host] = listener
+                threading.Thread(
+                    target=self._accept, args=(listener,), name=f"channel-accept-{host}", daemon=True
+                ).start()
+            return host, self._listeners[host].getsockname()[1], self.key
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError as e:
+                if self._closed or listener.fileno() == -1:
+                    return
+                log.warning("channel listener: accept failed (%s); still listening", e)
+                time.sleep(0.05)  # e.g. out of file descriptors: do not spin
+                continue
+            if not self._handshakes.acquire(blocking=False):
+                self.refused += 1
+                log.warning("channel listener: too many handshakes in progress; refused a connection")
+                sock.close()
+                continue
+            threading.Thread(target=self._serve, args=(sock,), name="channel-conn", daemon=True).start()
+
+    def _handshake(self, sock: socket.socket) -> Connection | None:
+        """Authenticate a new connection within the deadline, or close it; frees its handshake slot."""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _receive_timeout(sock, self.handshake_timeout_s)
+            conn = Connection(sock.detach())
+        except OSError:
+            sock.close()
+            self._handshakes.release()
+            return None
+        try:
+            deliver_challenge(conn, self.key)
+            answer_challenge(conn, self.key)
+            _set_receive_timeout(conn, 0.0)  # authenticated: an idle client may wait as long as it likes
+            return conn
+        except Exception as e:  # silent (timeout), reset, garbage, wrong key: that peer only
+            self.refused += 1
+            log.info("channel listener: refused a connection (%s)", type(e).__name__)
+            conn.close()
+            return None
+        finally:
+            self._handshakes.release()
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = self._handshake(sock)
+        if conn is None:
+            return
+        with conn:
+            while True:
+                try:
+                    request = conn.recv_bytes(self.max_request_bytes)
+                except (EOFError, OSError):  # closed, reset, or a length beyond the limit
+                    return
+                seq = request[: _SEQ.size]
+                try:
+                    answer = (True, self.handler(*pickle.loads(request[_SEQ.size :])))
+                except Exception as e:
+                    answer = (False, e)
+                self.requests += 1
+                try:
+                    data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception as e:  # an exception that cannot be pickled still reaches the client
+                    data = pickle.dumps((False, RuntimeError(f"{answer[1]!r} ({e})")))
+                try:
+                    conn.send_bytes(seq + data)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for listener in self._listeners.values():
+                listener.close()
+            self._listeners.clear()
+
+
 class ChannelClosed(RuntimeError):
-    """The channel failed (closed, reset, timed out); it must not be used again."""
+    """The channel failed (closed, reset, timed out, out of step); it must not be used again."""
 
 
 class Channel:
     """The searcher's side of one connection. One request at a time: hold ``lock`` from ``send`` to
-    ``receive``."""
+    ``receive``, and call ``receive`` after every successful ``send`` (or ``close``)."""
 
     def __init__(self, host: str, port: int, key: bytes, connect_timeout_s: float = 2.0) -> None:
         sock = socket.create_connection((host, port), timeout=connect_timeout_s)
@@ -115,25 +187,32 @@ class Channel:
             if isinstance(e, OSError):  # a receive timeout: EAGAIN
                 raise ChannelClosed(f"no handshake from {host}:{port} within {connect_timeout_s} s") from e
             raise
-        with socket.socket(fileno=self.conn.fileno()) as view:
-            _receive_timeout(view, 0.0)
-            view.detach()
+        _set_receive_timeout(self.conn, 0.0)
         self.lock = threading.Lock()
+        self._seq = 0
 
     def send(self, data: bytes) -> None:
+        """Send one pickled payload (the same bytes may go to every shard: the sequence number is framed
+        in front, not pickled in)."""
+        self._seq += 1
         try:
-            self.conn.send_bytes(data)
+            self.conn.send_bytes(_SEQ.pack(self._seq) + data)
         except OSError as e:
             self.close()
             raise ChannelClosed(str(e)) from None
 
     def receive(self, timeout_s: float) -> Any:
-        """The answer to the request sent last; the handler's exception is raised here as itself."""
+        """The answer to the request sent last; the handler's exception is raised here as itself (the
+        channel stays usable: that answer was read)."""
         try:
             if not self.conn.poll(max(timeout_s, 0.0)):
                 raise ChannelClosed(f"no answer within {timeout_s:.3f} s")
-            ok, value = pickle.loads(self.conn.recv_bytes())
-        except (EOFError, OSError) as e:
+            message = self.conn.recv_bytes()
+            (seq,) = _SEQ.unpack_from(message)
+            if seq != self._seq:
+                raise ChannelClosed(f"answer to request {seq} while waiting for {self._seq}")
+            ok, value = pickle.loads(memoryview(message)[_SEQ.size :])
+        except (EOFError, OSError, struct.error, pickle.UnpicklingError) as e:
             self.close()
             raise ChannelClosed(str(e) or type(e).__name__) from None
         except ChannelClosed:
