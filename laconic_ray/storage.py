@@ -190,25 +190,92 @@ def upload_dir(
             shutil.copyfileobj(src, dst, 1 << 22)
 
 
-def localize(uri: str, options: StorageOptions | None = None, marker: str | None = None) -> str:
+def cache_root() -> Path:
+    """Where downloads are cached on this node: ``$LACONIC_CACHE`` or ``~/.cache/laconic_ray``."""
+    return Path(os.environ.get("LACONIC_CACHE", Path.home() / ".cache" / "laconic_ray"))
+
+
+COMPLETE_MARKER = ".laconic-complete"  # written last into a cached copy: its presence means complete
+KEEP_VERSIONS = 2  # cached versions of one URI kept on a node (the newest; older ones are removed)
+
+
+@contextlib.contextmanager
+def _node_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process on this node (``flock`` on ``path``)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remote_fingerprint(uri: str, options: StorageOptions | None = None) -> str:
+    """A digest of what a remote folder holds now: every object's path, size and ETag (one listing). It
+    changes when any file is added, removed or rewritten, so a cache keyed by it is never stale."""
+    fs, path = filesystem(uri, options)
+    listing = fs.find(path, detail=True)
+    if not listing:
+        raise StorageError(f"{uri}: not found (no objects under this prefix)")
+    h = hashlib.sha256()
+    for key in sorted(listing):
+        info = listing[key]
+        tag = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        h.update(f"{key[len(path) :]}\0{info.get('size')}\0{tag}\n".encode())
+    return h.hexdigest()
+
+
+def localize(uri: str, options: StorageOptions | None = None) -> str:
     """A local path holding the folder at ``uri``: the path itself when local, else a cached download.
 
-    The cache key is the URI; a cached copy is reused only if it holds ``marker`` (the file written last).
+    A cached copy is keyed by the URI *and* the remote folder's current fingerprint (object names, sizes,
+    ETags): a folder rewritten in place (``laconic index force=true`` to the same URI, a re-exported model) is
+    downloaded anew instead of served stale. Copies appear atomically (downloaded beside, marked complete,
+    renamed), and one process per node downloads a given version while the others wait for it (a node lock),
+    so eight workers loading one model fetch it once and never delete what another is reading.
     """
     if not is_remote(uri):
         return filesystem(uri, options)[1]
-    cache = Path(os.environ.get("LACONIC_CACHE", Path.home() / ".cache" / "laconic_ray")) / "remote"
-    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if marker and (target / marker).exists():
+    fingerprint = remote_fingerprint(uri, options)
+    root = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    target = root / fingerprint[:24]
+    if (target / COMPLETE_MARKER).exists():
         return str(target)
     fs, path = filesystem(uri, options)
-    if not fs.exists(path):
-        raise StorageError(f"{uri}: not found")
-    tmp = Path(f"{target}.{uuid.uuid4().hex}.tmp")
-    fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with _node_lock(root / ".lock"):
+        if (target / COMPLETE_MARKER).exists():  # another process fetched it while we waited
+            return str(target)
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy nobody can be using
+        tmp = root / f".{uuid.uuid4().hex}.tmp"
+        try:
+            fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+            (tmp / COMPLETE_MARKER).write_text(json.dumps({"uri": uri, "fingerprint": fingerprint}))
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        versions = sorted(
+            (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for old in versions[KEEP_VERSIONS:]:
+            shutil.rmtree(old, ignore_errors=True)
     return str(target)
+
+
+def evict(uri: str, local: str) -> None:
+    """Drop a cached copy of ``uri`` that turned out corrupt, so that the next ``localize`` fetches it again
+    (a no-op for local URIs: there is no copy to drop)."""
+    if not is_remote(uri):
+        return
+    root = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if Path(local).parent != root:
+        return
+    with _node_lock(root / ".lock"):
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def sha256_of(uri: str, options: StorageOptions | None = None, chunk: int = 1 << 22) -> str:

@@ -114,7 +114,7 @@ def corpus_fingerprint(dataset: BeirDataset) -> str:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("LACONIC_CACHE", Path.home() / ".cache" / "laconic_ray")) / "lucene"
+    return storage.cache_root() / "lucene"
 
 
 LAYOUTS = ("flat", "multifield")

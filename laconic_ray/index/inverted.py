@@ -122,13 +122,22 @@ class InvertedIndex:
 
     @classmethod
     def load(
-        cls, uri: str, mmap: bool = True, *, verify: bool = True, options: StorageOptions | None = None
+        cls,
+        uri: str,
+        mmap: bool = True,
+        *,
+        verify: bool = True,
+        options: StorageOptions | None = None,
+        expect_sha256: str | None = None,
     ) -> InvertedIndex:
         """Load a shard folder (memory-mapped by default; ``s3://`` folders are cached locally first).
 
         ``verify`` checks every file's checksum (one sequential read); sizes and structure are always checked.
+        ``expect_sha256``: the index manifest's checksum of the shard's ``shard.json`` (refuses another build).
         """
-        arrays, meta = load_shard(os.fspath(uri), mmap=mmap, verify=verify, options=options)
+        arrays, meta = load_shard(
+            os.fspath(uri), mmap=mmap, verify=verify, options=options, expect_sha256=expect_sha256
+        )
         return cls(arrays, meta, source=os.fspath(uri))
 
     # ------------------------------------------------------------------------------------------- queries

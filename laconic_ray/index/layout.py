@@ -43,6 +43,10 @@ ARRAYS = {
 class IndexFormatError(RuntimeError):
     """A shard folder is missing, truncated, corrupt or inconsistent; the message names the file."""
 
+    def __init__(self, message: str, folder: str | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder  # the local folder that failed (a cached copy of a remote shard, to evict)
+
 
 @dataclasses.dataclass
 class ShardMeta:
@@ -107,10 +111,51 @@ def read_meta(uri: str, options: StorageOptions | None = None) -> ShardMeta:
 
 
 def load_shard(
-    uri: str, *, mmap: bool = True, verify: bool = True, options: StorageOptions | None = None
+    uri: str,
+    *,
+    mmap: bool = True,
+    verify: bool = True,
+    options: StorageOptions | None = None,
+    expect_sha256: str | None = None,
 ) -> tuple[dict[str, np.ndarray], ShardMeta]:
-    """Load a shard folder (``s3://`` folders are first cached locally); check it; return arrays and meta."""
-    local = storage.localize(uri, options, marker=SHARD_FILE)
+    """Load a shard folder (``s3://`` folders are first cached locally); check it; return arrays and meta.
+
+    ``expect_sha256`` is the index manifest's checksum of this shard's ``shard.json``: a shard rebuilt since
+    the manifest was written (or a manifest of another build) is refused instead of searched. A cached copy
+    that fails a check is dropped and fetched once more before the error is raised.
+    """
+    try:
+        return _load_local(storage.localize(uri, options), mmap, verify, expect_sha256)
+    except IndexFormatError as first:
+        if not storage.is_remote(uri):
+            raise
+        storage.evict(uri, str(first.folder))
+        try:
+            return _load_local(storage.localize(uri, options), mmap, verify, expect_sha256)
+        except IndexFormatError as e:
+            raise IndexFormatError(f"{uri}: {e}", e.folder) from None
+
+
+def _load_local(
+    local: str, mmap: bool, verify: bool, expect_sha256: str | None
+) -> tuple[dict[str, np.ndarray], ShardMeta]:
+    try:
+        return _load_folder(local, mmap, verify, expect_sha256)
+    except IndexFormatError as e:
+        e.folder = local
+        raise
+
+
+def _load_folder(
+    local: str, mmap: bool, verify: bool, expect_sha256: str | None
+) -> tuple[dict[str, np.ndarray], ShardMeta]:
+    if expect_sha256 is not None:
+        description = os.path.join(local, SHARD_FILE)
+        if os.path.exists(description) and storage.sha256_of(description) != expect_sha256:
+            raise IndexFormatError(
+                f"{description}: not the shard the index manifest lists (its checksum differs): the shard "
+                "was rebuilt after the manifest was written, or the manifest belongs to another build"
+            )
     meta = read_meta(local)
     arrays = {}
     for name in ARRAYS:

@@ -28,6 +28,8 @@ from typing import Literal
 
 import torch
 
+from laconic_ray import storage
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["query", "passage"]
@@ -62,10 +64,6 @@ def llama3_special_tokens() -> list[str]:
     return out
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("LACONIC_CACHE", Path.home() / ".cache" / "laconic_ray"))
-
-
 def convert_tiktoken_llama3(model_file: str | os.PathLike, output_dir: str | os.PathLike | None = None):
     """Convert Meta's Llama-3 ``tokenizer.model`` into a ``PreTrainedTokenizerFast`` (saved to a cache dir).
 
@@ -77,7 +75,7 @@ def convert_tiktoken_llama3(model_file: str | os.PathLike, output_dir: str | os.
 
     model_file = Path(model_file)
     digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:16]
-    out = Path(output_dir) if output_dir else _cache_dir() / "tokenizers" / f"llama3-{digest}"
+    out = Path(output_dir) if output_dir else storage.cache_root() / "tokenizers" / f"llama3-{digest}"
     if (out / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(out))
     specials = llama3_special_tokens()

@@ -4,6 +4,7 @@ search, save/load, and every error case."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,3 +338,42 @@ def test_stats(random_setup):
     assert stats["kernel"] == "term-at-a-time"
     index.accumulate_docs = 4999
     assert index.stats()["kernel"] == "block-max"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_shard_rebuilt_under_its_manifest_is_refused_and_a_rewritten_one_refetched(
+    random_setup, tmp_path, where, request, monkeypatch
+):
+    """A warm node must not serve old shards under a new manifest, nor a new shard under an old one."""
+    docs, ids, _ = random_setup
+    monkeypatch.setenv("LACONIC_CACHE", str(tmp_path / "cache"))
+    if where == "local":
+        uri, options = str(tmp_path / "shard"), None
+    else:
+        base, options = request.getfixturevalue("s3_bucket")
+        uri = storage.join(base, "shard")
+    old = InvertedIndex.build(docs[:2500], ids[:2500])
+    old.save(uri, options)
+    old_sha = storage.sha256_of(storage.join(uri, "shard.json"), options)
+    assert InvertedIndex.load(uri, options=options, expect_sha256=old_sha).n_docs == 2500  # (cached on S3)
+    new = InvertedIndex.build(docs, ids)  # `laconic index force=true` to the same place
+    new.save(uri, options)
+    new_sha = storage.sha256_of(storage.join(uri, "shard.json"), options)
+    loaded = InvertedIndex.load(uri, options=options, expect_sha256=new_sha)
+    assert loaded.n_docs == 5000  # the rewritten shard, not the cached old copy
+    with pytest.raises(IndexFormatError, match="not the shard the index manifest lists"):
+        InvertedIndex.load(uri, options=options, expect_sha256=old_sha)
+
+
+def test_a_corrupt_cached_shard_is_fetched_again(random_setup, tmp_path, s3_bucket, monkeypatch):
+    docs, ids, _ = random_setup
+    monkeypatch.setenv("LACONIC_CACHE", str(tmp_path / "cache"))
+    base, options = s3_bucket
+    uri = storage.join(base, "shard")
+    InvertedIndex.build(docs, ids).save(uri, options)
+    cached = storage.localize(uri, options)
+    corrupt(Path(cached) / "post_imp.npy", "flip")  # e.g. a disk error on the node
+    assert InvertedIndex.load(uri, options=options).n_docs == 5000  # evicted and fetched again
+    assert storage.sha256_of(os.path.join(storage.localize(uri, options), "post_imp.npy")) == (
+        storage.sha256_of(storage.join(uri, "post_imp.npy"), options)
+    )

@@ -87,3 +87,77 @@ def test_pyarrow_filesystem_reads_what_s3fs_wrote(s3_bucket):
 def test_manifest_entry_types():
     m = Manifest(kind="k", files=[FileEntry("a", 1, 2, "h", {"shard": 3})])
     assert Manifest.from_json(m.to_json()) == m
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _remote_folder(root, options, files: dict[str, bytes]) -> str:
+    folder = storage.join(root, "model")
+    fs, path = storage.filesystem(folder, options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    for name, data in files.items():
+        storage.write_bytes(storage.join(folder, name), data, options)
+    return folder
+
+
+def test_a_folder_rewritten_in_place_is_fetched_anew(s3_bucket, tmp_path, monkeypatch):
+    root, options = s3_bucket
+    monkeypatch.setenv("LACONIC_CACHE", str(tmp_path / "cache"))
+    # a plain HF folder: no laconic.json, still cached
+    folder = _remote_folder(root, options, {"config.json": b"{}", "w.safetensors": b"v1"})
+    first = storage.localize(folder, options)
+    assert _read(os.path.join(first, "w.safetensors")) == b"v1"
+    assert storage.localize(folder, options) == first  # unchanged: the cached copy
+    folder = _remote_folder(root, options, {"config.json": b"{}", "w.safetensors": b"v2"})  # same size
+    second = storage.localize(folder, options)
+    assert second != first and _read(os.path.join(second, "w.safetensors")) == b"v2"
+    assert _read(os.path.join(first, "w.safetensors")) == b"v1"  # a reader of v1 is not cut off
+    with pytest.raises(StorageError, match="not found"):
+        storage.localize(storage.join(root, "nothing-here"), options)
+
+
+def test_concurrent_localisation_downloads_once(s3_bucket, tmp_path, monkeypatch):
+    import threading
+
+    root, options = s3_bucket
+    monkeypatch.setenv("LACONIC_CACHE", str(tmp_path / "cache"))
+    folder = _remote_folder(root, options, {f"part-{i}.bin": os.urandom(200_000) for i in range(8)})
+    fs = storage.filesystem(folder, options)[0]  # s3fs keeps one instance per set of arguments
+    downloads, real_get = [], fs.get
+
+    def counting_get(*args, **kwargs):
+        downloads.append(args[0])
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(fs, "get", counting_get)
+    paths, errors = [], []
+
+    def worker():
+        try:
+            paths.append(storage.localize(folder, options))
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]  # e.g. eight GPU workers of one node
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(set(paths)) == 1 and len(downloads) == 1
+    assert sorted(os.listdir(paths[0])) == sorted([f"part-{i}.bin" for i in range(8)] + [".laconic-complete"])
+
+
+def test_a_corrupt_cached_copy_is_evicted(s3_bucket, tmp_path, monkeypatch):
+    root, options = s3_bucket
+    monkeypatch.setenv("LACONIC_CACHE", str(tmp_path / "cache"))
+    folder = _remote_folder(root, options, {"a.bin": b"good"})
+    local = storage.localize(folder, options)
+    with open(os.path.join(local, "a.bin"), "wb") as f:
+        f.write(b"bad!")
+    storage.evict(folder, local)
+    again = storage.localize(folder, options)
+    assert _read(os.path.join(again, "a.bin")) == b"good"
