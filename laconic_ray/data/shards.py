@@ -96,18 +96,30 @@ class ShardRows:
     rejects: list[dict[str, Any]]
 
 
+# Known (byte offset -> lines before it) points per file version, so that numbering a rejected line counts
+# newlines from the nearest known point, not from byte 0: about one pass over a file in all, however many of
+# its shards hold bad lines (within a shard, lines are numbered as they are read).
+_LINE_MARKS: dict[tuple, dict[int, int]] = {}
+
+
 def _line_number(uri: str, offset: int, options: StorageOptions | None) -> int:
     """1-based line number of the line starting at byte ``offset`` (computed only when reporting)."""
     fs, path = storage.filesystem(uri, options)
-    count = 0
+    info = fs.info(path)
+    version = (uri, info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified"))
+    marks = _LINE_MARKS.setdefault(version, {0: 0})
+    start = max(o for o in marks if o <= offset)
+    count = marks[start]
     with fs.open(path, "rb") as f:
-        remaining = offset
+        f.seek(start)
+        remaining = offset - start
         while remaining > 0:
             block = f.read(min(remaining, 1 << 22))
             if not block:
                 break
             count += block.count(b"\n")
             remaining -= len(block)
+    marks[offset] = count
     return count + 1
 
 
@@ -166,8 +178,14 @@ def read_shard(
     rows = ShardRows([], [], [])
     seen: dict[str, int] = {}
 
+    first_line: list[int] = []  # the range's first line number, found at its first reject
+
     def reject(where: int, reason: str, raw: str, byte_offset: bool) -> None:
-        line = _line_number(shard.uri, where, options) if byte_offset else where
+        line = where
+        if byte_offset:  # ``where`` is the line's ordinal in this range: number it from the range's start
+            if not first_line:
+                first_line.append(_line_number(shard.uri, range_start[0], options))
+            line = first_line[0] + where
         label = "row" if shard.format == "parquet" else "line"
         if on_bad_row == "raise":
             raise DataFormatError(
@@ -203,7 +221,11 @@ def read_shard(
         return rows
 
     byte_offset = shard.format == "jsonl"
-    for where, line in _iter_jsonl_range(shard, options):
+    range_start: list[int] = []
+    for ordinal, (position, line) in enumerate(_iter_jsonl_range(shard, options)):
+        if byte_offset and not range_start:
+            range_start.append(position)
+        where = ordinal if byte_offset else position
         if not line.strip():
             continue
         try:
