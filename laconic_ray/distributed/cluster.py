@@ -12,10 +12,23 @@ from laconic_ray.config import RayConfig
 log = logging.getLogger(__name__)
 
 
+# Where object storage is and how to reach it: forwarded to workers. Credentials (AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, profiles) are not: a runtime env is logged by Ray's agents and shown
+# on the dashboard, so workers take credentials from their node's own chain (instance role, env, profile).
+FORWARDED_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CA_BUNDLE",
+)
+
+
 def worker_env() -> dict | None:
-    """A runtime env carrying the driver's ``LACONIC_*`` and ``AWS_*`` variables to the workers it starts
-    (a cluster's workers were started before the job and do not see the driver's environment otherwise)."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(("LACONIC_", "AWS_"))}
+    """A runtime env carrying the driver's ``LACONIC_*`` variables and the storage endpoint and region to the
+    workers it starts (a cluster's workers were started before the job and do not see the driver's
+    environment otherwise); never credentials."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("LACONIC_") or k in FORWARDED_VARIABLES}
     return {"env_vars": env} if env else None
 
 
@@ -38,8 +51,8 @@ LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_P
 def ensure_ray(config: RayConfig) -> None:
     """Use the running Ray (a job on a cluster, a test session), else connect or start as configured.
 
-    Workers inherit ``LACONIC_*`` and ``AWS_*`` variables from the driver through the job's runtime env, so
-    that data roots and object-storage endpoints mean the same everywhere.
+    Workers inherit ``LACONIC_*`` variables and the storage endpoint from the driver through the job's
+    runtime env, so that data roots and object-storage endpoints mean the same everywhere.
     """
     if ray.is_initialized():
         return
