@@ -587,6 +587,12 @@ class ServeConfig:
     max_batch: int = 256
     max_query_chars: int = 4000
     verify: bool = True  # checksum every shard file when an actor loads it
+    check_model: bool = True  # refuse a query model other than the one that encoded the index
+    startup_timeout_s: float = 300.0  # shard actors must be scheduled and loaded within this
+    max_batch_queries: int = 256  # concurrent queries sent to the shards together (micro-batching)
+    batch_wait_ms: float = 0.0  # hold a batch this long for more queries (0: only what queued meanwhile)
+    max_query_terms: int = 4096  # HTTP: terms per query vector
+    max_body_bytes: int = 8 << 20  # HTTP: request body size
     # `laconic search`
     query: str = ""
     k: int = 10
@@ -605,6 +611,13 @@ class ServeConfig:
             self.max_k > 0 and self.max_batch > 0 and self.max_query_chars > 0, "max_k", "limits must be > 0"
         )
         check(0 < self.k <= self.max_k, "k", f"must be in [1, max_k={self.max_k}]")
+        check(self.startup_timeout_s > 0, "startup_timeout_s", "must be > 0")
+        check(self.max_batch_queries > 0 and self.batch_wait_ms >= 0, "max_batch_queries", "must be > 0")
+        check(
+            self.max_query_terms > 0 and self.max_body_bytes >= 1024,
+            "max_query_terms",
+            "limits must be > 0 (max_body_bytes >= 1024)",
+        )
 
 
 @dataclasses.dataclass
@@ -623,6 +636,7 @@ class EvalConfig:
     run: str = ""  # retriever=run: an existing TREC run file
     k: int = 1000  # depth of the run (>= 100 for Recall@100)
     mode: str = "exact"
+    check_model: bool = True  # refuse a query model other than the one that encoded the index
     measures: list[str] = dataclasses.field(default_factory=lambda: ["nDCG@10", "R@100", "RR@10"])
     baseline: str = ""  # a TREC run to compare against (per-query wins/losses, paired tests)
     output: str = ""  # folder for run.trec, metrics.json, per_query.tsv (and the delta plot)

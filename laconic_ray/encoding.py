@@ -137,6 +137,8 @@ class ShardEncoder:
 
     def metadata(self) -> dict[str, Any]:
         meta = {"model": self.model_name, "kind": self.settings.kind, "top_k": self.settings.top_k}
+        if self.encoder.model_id:
+            meta["model_id"] = self.encoder.model_id
         if self.settings.quantize:
             meta.update(weight_format="impact", impact_scale=self.settings.impact_scale)
         else:

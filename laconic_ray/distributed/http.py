@@ -6,38 +6,45 @@
     GET  /stats         per-shard docs, calls, latency, restarts
     GET  /openapi.json, /docs
 
-Requests are validated before any shard sees them: malformed bodies get FastAPI's 422, requests outside the
-service's limits (k, batch size, text length, term ids beyond the vocabulary, negative or non-finite weights,
-text without a model) get 422 with a message that names the field. Nothing a client sends can cause a 5xx.
+Requests are validated before any shard sees them: bodies over ``max_body_bytes`` get 413 before they are
+parsed; malformed bodies get FastAPI's 422; requests outside the service's limits (k, batch size, text
+length, terms per vector, term ids beyond the vocabulary, negative or non-finite weights, also after summing
+a repeated id, empty vectors or texts, text without a model) get 422 with a message that names the field.
+Nothing a client sends can cause a 5xx (tests/ray/test_http_fuzz.py runs schemathesis against the schema).
+``/health`` names the index and its manifest's checksum, so a client can tell which index answers.
 Binds 127.0.0.1 unless configured otherwise.
 """
 
+import contextlib
 import logging
-import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, model_validator
 from ray import serve
 
+from laconic_ray.distributed.requests import VectorError, check_vector
 from laconic_ray.distributed.serving import ShardedSearcher
 from laconic_ray.index.inverted import QueryError
 from laconic_ray.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
+# The service's limits, set by SearchService in its replica process (the body limit runs before any route).
+LIMITS = {"max_body_bytes": 8 << 20}
+
 
 class SparseVector(BaseModel):
-    indices: list[int] = Field(description="vocabulary ids")
-    values: list[float] = Field(description="weights, finite and >= 0, one per id")
+    indices: list[Annotated[int, Field(ge=0)]] = Field(description="vocabulary ids (max_query_terms at most)")
+    values: list[Annotated[float, Field(ge=0)]] = Field(
+        description="weights, finite and >= 0, one per id (a repeated id's weights are summed)"
+    )
 
     @model_validator(mode="after")
     def _same_length(self) -> "SparseVector":
         if len(self.indices) != len(self.values):
             raise ValueError(f"vector has {len(self.indices)} indices but {len(self.values)} values")
-        if any(not math.isfinite(v) or v < 0 for v in self.values):
-            raise ValueError("vector values must be finite and >= 0")
         return self
 
 
@@ -53,11 +60,11 @@ class Query(BaseModel):
 
 
 class SearchRequest(Query):
-    k: int = Field(10, ge=1, description="results to return")
+    k: int = Field(10, ge=1, description="results to return (max_k at most)")
 
 
 class BatchSearchRequest(BaseModel):
-    queries: list[Query] = Field(min_length=1)
+    queries: list[Query] = Field(min_length=1, description="max_batch queries at most")
     k: int = Field(10, ge=1)
 
 
@@ -78,7 +85,68 @@ class BatchSearchResponse(BaseModel):
     took_ms: float
 
 
+class Problem(BaseModel):
+    detail: str = Field(description="what is wrong, naming the field")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "request body larger than max_body_bytes"},
+    422: {"description": "invalid request: the message names the field"},
+}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``LIMITS["max_body_bytes"]`` with 413 before they are parsed
+    (a declared length is checked at once; a chunked body is read up to the limit, then replayed)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = LIMITS["max_body_bytes"]
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _plain(send, 400, "content-length: not a number")
+            if int(declared) > limit:
+                return await _plain(send, 413, f"body: {int(declared)} bytes, the limit is {limit}")
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await _plain(send, 413, f"body: more than {limit} bytes, the limit")
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+async def _plain(send: Any, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 app = FastAPI(title="laconic_ray search", description="Learned sparse retrieval over sharded CPU indexes.")
+app.add_middleware(BodyLimit)
 
 
 @serve.deployment
@@ -92,25 +160,21 @@ class SearchService:
         model: str | None,
         limits: dict[str, int],
         options: dict[str, Any],
-        timeout_s: float,
-        retries: int,
-        mode: str,
-        direct: bool,
+        searcher_args: dict[str, Any],
     ) -> None:
+        # the module's own dict, which BodyLimit reads: Serve may ship this class by value (cloudpickle), and
+        # a by-value method's globals are a copy
+        from laconic_ray.distributed import http as this_module
+
+        this_module.LIMITS["max_body_bytes"] = limits["max_body_bytes"]
         self.searcher = ShardedSearcher.attach(
-            index,
-            name,
-            replicas=replicas,
-            model=model,
-            options=StorageOptions(**options),
-            timeout_s=timeout_s,
-            retries=retries,
-            mode=mode,
-            direct=direct,
+            index, name, replicas=replicas, model=model, options=StorageOptions(**options), **searcher_args
         )
         self.limits = limits
 
-    def _check(self, queries: list[Query], k: int) -> list[Any]:
+    def _check(self, queries: list[Query], k: int, batch: bool) -> list[Any]:
+        """Every limit and every vector checked here, each error naming its field (``queries[i].vector.values``
+        on /batch_search, ``vector.values`` on /search), so that shards only see answerable queries."""
         if k > self.limits["max_k"]:
             raise HTTPException(422, f"k: {k} is above this service's limit of {self.limits['max_k']}")
         if len(queries) > self.limits["max_batch"]:
@@ -118,23 +182,32 @@ class SearchService:
                 422, f"queries: {len(queries)} is above the batch limit of {self.limits['max_batch']}"
             )
         out: list[Any] = []
-        vocab = self.searcher.vocab_size
         for i, q in enumerate(queries):
+            where = f"queries[{i}]." if batch else ""
             if q.query is not None:
                 if self.searcher.encoder is None:
-                    raise HTTPException(422, f"queries[{i}].query: this service has no model; send 'vector'")
+                    raise HTTPException(422, f"{where}query: this service has no model; send 'vector'")
+                if not q.query.strip():
+                    raise HTTPException(422, f"{where}query: empty text")
                 if len(q.query) > self.limits["max_query_chars"]:
                     raise HTTPException(
                         422,
-                        f"queries[{i}].query: {len(q.query)} characters, the limit is "
+                        f"{where}query: {len(q.query)} characters, the limit is "
                         f"{self.limits['max_query_chars']}",
                     )
                 out.append(q.query)
-            else:
-                bad = [t for t in q.vector.indices if not 0 <= t < vocab]
-                if bad:
-                    raise HTTPException(422, f"queries[{i}].vector.indices: {bad[0]} is outside [0, {vocab})")
-                out.append({"indices": q.vector.indices, "values": q.vector.values})
+                continue
+            try:
+                check_vector(
+                    q.vector.indices,
+                    q.vector.values,
+                    self.searcher.vocab_size,
+                    self.limits["max_query_terms"],
+                )
+            except VectorError as e:
+                field = f"{where}vector{'.' + e.field if e.field else ''}"
+                raise HTTPException(422, f"{field}: {e.reason}") from None
+            out.append({"indices": q.vector.indices, "values": q.vector.values})
         return out
 
     async def _respond(self, queries: list[Any], k: int) -> list[SearchResponse]:
@@ -154,22 +227,22 @@ class SearchService:
             for r in results
         ]
 
-    @app.post("/search", response_model=SearchResponse)
+    @app.post("/search", response_model=SearchResponse, responses=ERRORS)
     async def search(self, request: SearchRequest) -> SearchResponse:
-        return (await self._respond(self._check([request], request.k), request.k))[0]
+        return (await self._respond(self._check([request], request.k, False), request.k))[0]
 
-    @app.post("/batch_search", response_model=BatchSearchResponse)
+    @app.post("/batch_search", response_model=BatchSearchResponse, responses=ERRORS)
     async def batch_search(self, request: BatchSearchRequest) -> BatchSearchResponse:
         started = time.perf_counter()
-        results = await self._respond(self._check(request.queries, request.k), request.k)
+        results = await self._respond(self._check(request.queries, request.k, True), request.k)
         return BatchSearchResponse(results=results, took_ms=1000 * (time.perf_counter() - started))
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"model": Problem, "description": "some shard replica is down"}})
     def health(self) -> dict[str, Any]:
         status = self.searcher.health()
         if not status["ok"]:
             raise HTTPException(503, f"shard replicas not answering: {', '.join(status['down'])}")
-        return status
+        return {**status, "index": self.searcher.index, "manifest_sha256": self.searcher.manifest_sha256}
 
     @app.get("/stats")
     def stats(self) -> dict[str, Any]:
@@ -236,7 +309,23 @@ def deploy(config, options: StorageOptions) -> str:
     logging_config = {"enable_access_log": config.access_log}
     serve.start(http_options={"host": config.host, "port": config.port}, logging_config=logging_config)
     _check_proxy_address(config.host, config.port)
-    limits = {"max_k": config.max_k, "max_batch": config.max_batch, "max_query_chars": config.max_query_chars}
+    limits = {
+        "max_k": config.max_k,
+        "max_batch": config.max_batch,
+        "max_query_chars": config.max_query_chars,
+        "max_query_terms": config.max_query_terms,
+        "max_body_bytes": config.max_body_bytes,
+    }
+    searcher_args = {
+        "timeout_s": config.timeout_s,
+        "retries": config.retries,
+        "mode": config.mode,
+        "direct": config.direct,
+        "max_batch_queries": config.max_batch_queries,
+        "batch_wait_ms": config.batch_wait_ms,
+        "check_model": config.check_model,
+        "startup_timeout_s": config.startup_timeout_s,
+    }
     service = SearchService.options(
         num_replicas=config.http_replicas,
         ray_actor_options={"num_cpus": config.http_cpus},
@@ -248,10 +337,12 @@ def deploy(config, options: StorageOptions) -> str:
         config.model,
         limits,
         dataclasses.asdict(options),
-        config.timeout_s,
-        config.retries,
-        config.mode,
-        config.direct,
+        searcher_args,
     )
-    serve.run(service, name=config.name, route_prefix="/")
+    try:
+        serve.run(service, name=config.name, route_prefix="/")
+    except BaseException:  # a half-deployed app would keep restarting replicas that cannot start
+        with contextlib.suppress(Exception):
+            serve.delete(config.name)
+        raise
     return f"http://{config.host}:{config.port}"

@@ -91,7 +91,7 @@ def run_index(config: IndexConfig) -> dict[str, Any]:
                     entry = storage.describe_file(bucket, f"part-{part:05d}.parquet", rows, options)
                     sources[shard].append((bucket, dataclasses.asdict(entry), 0, None))
 
-    metadata = {k: meta[k] for k in ("model", "weight_format", "kind") if k in meta}
+    metadata = {k: meta[k] for k in ("model", "model_id", "weight_format", "kind") if k in meta}
     builds = [
         ray.remote(build_shard)
         .options(**remote)

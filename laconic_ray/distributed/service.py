@@ -19,6 +19,7 @@ from typing import Any
 from laconic_ray.config import ServeConfig
 from laconic_ray.distributed.cluster import ensure_ray
 from laconic_ray.distributed.serving import ShardedSearcher
+from laconic_ray.index.partition import manifest_digest, read_index_manifest
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearch
         verify=config.verify,
         threads_per_shard=config.threads_per_shard,
         direct=config.direct,
+        startup_timeout_s=config.startup_timeout_s,
+        max_batch_queries=config.max_batch_queries,
+        batch_wait_ms=config.batch_wait_ms,
+        check_model=config.check_model,
     )
 
 
@@ -59,27 +64,32 @@ def run_serve(
     ensure_ray(config.ray)
     started = time.perf_counter()
     searcher = searcher_from(config, name=config.name)
-    url = deploy(config, config.storage.options())
-    log.info("serving %s at %s (OpenAPI at %s/docs); Ctrl-C stops", config.index, url, url)
-    direct = replica_urls(config.name, config.host) if config.direct_ingress else []
-    if direct:
-        log.info("HTTP replicas answer directly at %s (fastest)", ", ".join(direct))
-    elif config.direct_ingress:
-        log.warning(
-            "direct_ingress=true but no replica answers on a port of its own: the Ray cluster was started "
-            "without %s",
-            " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items()),
-        )
-    if ready is not None:
-        ready.set()
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    stats = searcher.stats()
-    serve.delete(config.name)
-    searcher.shutdown()
+    deployed = False
+    try:  # whatever fails from here on, no detached shard actor or Serve app outlives this command
+        url = deploy(config, config.storage.options())
+        deployed = True
+        log.info("serving %s at %s (OpenAPI at %s/docs); Ctrl-C stops", config.index, url, url)
+        direct = replica_urls(config.name, config.host) if config.direct_ingress else []
+        if direct:
+            log.info("HTTP replicas answer directly at %s (fastest)", ", ".join(direct))
+        elif config.direct_ingress:
+            log.warning(
+                "direct_ingress=true but no replica answers on a port of its own: the Ray cluster was "
+                "started without %s",
+                " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items()),
+            )
+        if ready is not None:
+            ready.set()
+        stop = stop or threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        stats = searcher.stats()
+    finally:
+        if deployed:
+            serve.delete(config.name)
+        searcher.shutdown()
     return {
         "url": url,
         "replica_urls": direct,
@@ -102,11 +112,20 @@ def run_search(config: ServeConfig) -> dict[str, Any]:
     if not config.query:
         raise ValueError('query: give the text to search (query="...")')
     try:
-        _http(config, "/health", timeout=2.0)
-        running = True
-    except (urllib.error.URLError, OSError):
-        running = False
-    if running:
+        health = _http(config, "/health", timeout=2.0)
+    except urllib.error.HTTPError as e:  # a service answers, unhealthy: say so rather than start another
+        raise RuntimeError(
+            f"the service at {config.host}:{config.port} answers {e.code}: {e.read()[:300]!r}"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError):
+        health = None
+    if health is not None:
+        expected = manifest_digest(read_index_manifest(config.index, config.storage.options()))
+        if health.get("manifest_sha256") != expected:
+            raise ValueError(
+                f"port: the service at {config.host}:{config.port} serves {health.get('index', 'another index')}"
+                f", not {config.index}; stop it, or pick a port where nothing runs (port=...)"
+            )
         log.info("asking the service at %s:%d", config.host, config.port)
         result = _http(config, "/search", {"query": config.query, "k": config.k})
         return {"query": config.query, "via": "http", **result}

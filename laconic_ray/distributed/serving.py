@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -35,9 +36,10 @@ import ray
 import scipy.sparse as sp
 
 from laconic_ray.distributed.channel import Channel, ChannelClosed, ChannelServer
+from laconic_ray.distributed.requests import MicroBatcher, check_search_args, to_csr
 from laconic_ray.index.inverted import InvertedIndex, QueryError
 from laconic_ray.index.merge import merge_topk
-from laconic_ray.index.partition import read_index_manifest, shard_name
+from laconic_ray.index.partition import manifest_digest, read_index_manifest, shard_name
 from laconic_ray.storage import StorageOptions, join
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,16 @@ class ShardServer:
     """The work of one shard actor: load a shard folder, answer batches of sparse queries."""
 
     def __init__(
-        self, uri: str, shard: int, options: StorageOptions | None = None, verify: bool = True
+        self,
+        uri: str,
+        shard: int,
+        options: StorageOptions | None = None,
+        verify: bool = True,
+        expect_sha256: str | None = None,
     ) -> None:
         self.shard = shard
-        self.index = InvertedIndex.load(uri, verify=verify, options=options)
+        self.index = InvertedIndex.load(uri, verify=verify, options=options, expect_sha256=expect_sha256)
+        self._identity = {"uri": uri, "shard": shard, "sha256": expect_sha256}
         self.started = time.time()
         # channel requests run on their connections' threads, actor calls on the main one; the index's
         # scratch buffers are shared, so one search at a time
@@ -101,9 +109,15 @@ class ShardServer:
             "shard": self.shard,
             "pid": os.getpid(),
             "channel_requests": self._channels.requests,
+            "channel_refused": self._channels.refused,
             "started": self.started,
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         }
+
+    def identity(self) -> dict[str, Any]:
+        """Which shard of which index build this actor holds (a named actor found by another process is
+        reused only if it holds what that process expects)."""
+        return self._identity
 
     def ready(self) -> int:
         """The process id: a new one after a restart."""
@@ -117,6 +131,34 @@ class ShardServer:
 
 
 ShardActor = ray.remote(ShardServer)
+
+
+class ShardStartupError(RuntimeError):
+    """Shard actors did not start (not schedulable, not loadable, or not within the deadline)."""
+
+
+def _query_error(error: BaseException) -> QueryError | None:
+    """The :class:`QueryError` a shard raised inside an actor call (a deterministic answer, never retried)."""
+    cause = getattr(error, "cause", None)
+    return QueryError(str(cause)) if isinstance(cause, QueryError) else None
+
+
+def _needs(num_cpus: float, shard_resource: str | None) -> dict[str, float]:
+    return {"CPU": num_cpus, **({shard_resource: 1.0} if shard_resource else {})}
+
+
+def _unschedulable(need: dict[str, float], count: int) -> str | None:
+    """Why ``count`` actors needing ``need`` each can never run on this cluster, or None if they fit its
+    totals (what is *free* changes; what the cluster *has* does not, short of an autoscaler)."""
+    total = ray.cluster_resources()
+    for resource, amount in need.items():
+        have = total.get(resource, 0.0)
+        if have < amount:
+            return (
+                f"each shard actor needs {amount:g} {resource} and no node offers that (the cluster has "
+                f"{have:g}); lower num_cpus_per_shard or start nodes with that resource (shard_resource)"
+            )
+    return None
 
 
 @dataclasses.dataclass
@@ -136,7 +178,9 @@ class ShardedSearcher:
         results = searcher.batch_search([{"indices": [...], "values": [...]}, "text query"], k=10)
         searcher.stats()
 
-    With ``name``, actors are named (and detached) so that other processes can :meth:`attach` to them.
+    With ``name``, actors are named (and detached) so that other processes can :meth:`attach` to them; a
+    named actor left by an earlier run is reused only if it holds this index's shard (same manifest
+    checksum), else it is replaced. Thread-safe: concurrent callers are micro-batched (requests.py).
     """
 
     def __init__(
@@ -156,56 +200,50 @@ class ShardedSearcher:
         verify: bool = True,
         threads_per_shard: int = 1,
         direct: bool = True,
+        startup_timeout_s: float = 300.0,
+        max_batch_queries: int = 256,
+        batch_wait_ms: float = 0.0,
+        check_model: bool = True,
         _attach: bool = False,
     ) -> None:
         self.index, self.options, self.name = index, options, name
         self.manifest = read_index_manifest(index, options)
+        self.manifest_sha256 = manifest_digest(self.manifest)
         self.vocab_size = int(self.manifest.metadata["vocab_size"])
         self.num_shards = len(self.manifest.files)
         self.replicas, self.timeout_s, self.retries, self.mode = replicas, timeout_s, retries, mode
         self.threads_per_shard = threads_per_shard
-        self.actors: list[list[Any]] = []
-        for shard, entry in enumerate(self.manifest.files):
-            row = []
-            for replica in range(replicas):
-                actor_name = f"{name}-{shard_name(shard)}-r{replica}" if name else None
-                if _attach:
-                    row.append(ray.get_actor(actor_name, namespace=NAMESPACE))
-                    continue
-                opts: dict[str, Any] = {
-                    "num_cpus": num_cpus_per_shard,
-                    "max_restarts": max_restarts,
-                    "max_task_retries": max_restarts,
-                }
-                if shard_resource:
-                    opts["resources"] = {shard_resource: 1}
-                if actor_name:
-                    opts.update(name=actor_name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
-                row.append(ShardActor.options(**opts).remote(join(index, entry.path), shard, options, verify))
-            self.actors.append(row)
-        pids = ray.get([a.ready.remote() for row in self.actors for a in row])  # every shard loaded first
-        self._stats = [
-            _ShardStats(pids=set(pids[s * replicas : (s + 1) * replicas])) for s in range(self.num_shards)
-        ]
-        self._next = [0] * self.num_shards
-        self._lock = threading.Lock()
         self.direct = direct
+        self.actors: list[list[Any]] = []
+        self._owned: list[Any] = []  # actors this searcher created (killed if construction fails)
+        self._lock = threading.Lock()
         self._channels: list[list[Channel | None]] = [[None] * replicas for _ in range(self.num_shards)]
         self._channel_retry_at = [[0.0] * replicas for _ in range(self.num_shards)]
-        self._opening: list[list[Any]] = [[None] * replicas for _ in range(self.num_shards)]
-        self._node_ip = ray.util.get_node_ip_address()
-        if direct:
-            self._open_channels()
-        self.encoder = None
-        if model:
-            from laconic_ray.model import SparseEncoder
-
-            self.encoder = SparseEncoder.from_pretrained(model, options=options)
-            if self.encoder.vocab_size != self.vocab_size:
-                raise ValueError(
-                    f"model vocabulary {self.encoder.vocab_size} != index vocabulary {self.vocab_size}"
-                )
+        self._reconnecting = [[False] * replicas for _ in range(self.num_shards)]
+        self._next = [0] * self.num_shards
+        self._executor = None
         self.queries = 0
+        self.encoder = None
+        try:
+            if model:  # before any actor starts: a wrong model is a one-line error, not a cluster to clean
+                from laconic_ray.index.partition import check_query_model
+                from laconic_ray.model import SparseEncoder
+
+                self.encoder = SparseEncoder.from_pretrained(model, options=options)
+                check_query_model(self.manifest.metadata, self.encoder, index, strict=check_model)
+            self._start(num_cpus_per_shard, shard_resource, max_restarts, verify, startup_timeout_s, _attach)
+            if direct:
+                self._open_channels()
+        except BaseException:
+            self._kill_owned()
+            raise
+        self._batcher = MicroBatcher(
+            self._search_csr,
+            _truncate,
+            max_queries=max_batch_queries,
+            max_inflight=replicas,
+            wait_s=batch_wait_ms / 1000,
+        )
         log.info(
             "serving %s: %d shards x %d replicas, %d docs",
             index,
@@ -219,38 +257,162 @@ class ShardedSearcher:
         """Use the named shard actors another process started (e.g. ``laconic serve``)."""
         return cls(index, name=name, replicas=replicas, _attach=True, **kwargs)
 
+    # ---------------------------------------------------------------------------------------- actors
+
+    def _actor_name(self, shard: int, replica: int) -> str | None:
+        return f"{self.name}-{shard_name(shard)}-r{replica}" if self.name else None
+
+    def _identity(self, shard: int) -> dict[str, Any]:
+        entry = self.manifest.files[shard]
+        return {"uri": join(self.index, entry.path), "shard": shard, "sha256": entry.sha256}
+
+    def _start(
+        self,
+        num_cpus: float,
+        shard_resource: str | None,
+        max_restarts: int,
+        verify: bool,
+        startup_timeout_s: float,
+        attach: bool,
+    ) -> None:
+        """Create (or find) every shard actor and wait until each has loaded its shard, within the deadline."""
+        need = _needs(num_cpus, shard_resource)
+        if not attach and (why := _unschedulable(need, self.num_shards * self.replicas)):
+            raise ShardStartupError(f"{self.index}: {why}")
+        opts: dict[str, Any] = {
+            "num_cpus": num_cpus,
+            "max_restarts": max_restarts,
+            "max_task_retries": max_restarts,
+        }
+        if shard_resource:
+            opts["resources"] = {shard_resource: 1}
+        for shard in range(self.num_shards):
+            row = []
+            for replica in range(self.replicas):
+                actor_name = self._actor_name(shard, replica)
+                if attach:
+                    try:
+                        row.append(ray.get_actor(actor_name, namespace=NAMESPACE))
+                    except ValueError:
+                        raise ShardStartupError(
+                            f"no shard actor {actor_name!r} in namespace {NAMESPACE!r}: is `laconic serve "
+                            f"name={self.name}` running for {self.index}?"
+                        ) from None
+                    continue
+                row.append(self._create(shard, opts, actor_name, verify))
+            self.actors.append(row)
+        self._check_identities(attach, opts, verify, startup_timeout_s)
+        pids = self._wait_ready(need, startup_timeout_s)
+        self._stats = [
+            _ShardStats(pids=set(pids[s * self.replicas : (s + 1) * self.replicas]))
+            for s in range(self.num_shards)
+        ]
+
+    def _create(self, shard: int, opts: dict[str, Any], actor_name: str | None, verify: bool) -> Any:
+        identity = self._identity(shard)
+        if actor_name:
+            # get_if_exists: another process may create it between the lookup and here
+            opts = {**opts, "name": actor_name, "namespace": NAMESPACE, "lifetime": "detached"}
+            opts["get_if_exists"] = True
+            try:
+                return ray.get_actor(actor_name, namespace=NAMESPACE)  # checked by _check_identities
+            except ValueError:
+                pass
+        actor = ShardActor.options(**opts).remote(
+            identity["uri"], shard, self.options, verify, identity["sha256"]
+        )
+        self._owned.append(actor)
+        return actor
+
+    def _check_identities(self, attach: bool, opts: dict[str, Any], verify: bool, timeout_s: float) -> None:
+        """Named actors found on the cluster must hold this index's shards; others are replaced (or, when
+        attaching to another process's service, refused)."""
+        if not self.name:
+            return
+        found = [
+            (s, r, a) for s, row in enumerate(self.actors) for r, a in enumerate(row) if a not in self._owned
+        ]
+        if not found:
+            return
+        refs = [a.identity.remote() for _, _, a in found]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for (shard, replica, actor), ref in zip(found, refs, strict=True):
+            try:
+                held = ray.get(ref, timeout=0) if ref in ready else None
+            except Exception:  # dead, still loading past the deadline, or an older build without identity()
+                held = None
+            expected = self._identity(shard)
+            if held == expected:
+                continue
+            actor_name = self._actor_name(shard, replica)
+            if attach:
+                raise ShardStartupError(
+                    f"shard actor {actor_name!r} holds {held}, not {expected}: the running service serves "
+                    "another index (or another build of it); restart it or use another name"
+                )
+            log.warning(
+                "replacing shard actor %s: it holds %s, this index needs %s", actor_name, held, expected
+            )
+            ray.kill(actor, no_restart=True)
+            _wait_name_free(actor_name, timeout_s)
+            self.actors[shard][replica] = self._create(shard, opts, actor_name, verify)
+
+    def _wait_ready(self, need: dict[str, float], timeout_s: float) -> list[int]:
+        """Every actor's pid once it has loaded its shard; a load error is raised at once (naming the shard),
+        and actors still waiting at the deadline get a message saying what they wait for."""
+        refs = {a.ready.remote(): (s, r) for s, row in enumerate(self.actors) for r, a in enumerate(row)}
+        pids: dict[tuple[int, int], int] = {}
+        deadline = time.monotonic() + timeout_s
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(
+                pending, num_returns=len(pending), timeout=min(10.0, max(0.0, deadline - time.monotonic()))
+            )
+            for ref in done:
+                shard, replica = refs[ref]
+                try:
+                    pids[(shard, replica)] = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    cause = getattr(e, "cause", None) or e
+                    raise ShardStartupError(
+                        f"{shard_name(shard)}/r{replica} of {self.index} failed to load: {cause}"
+                    ) from None
+            if pending and time.monotonic() >= deadline:
+                waiting = sorted(f"{shard_name(refs[r][0])}/r{refs[r][1]}" for r in pending)
+                free = ray.available_resources()
+                raise ShardStartupError(
+                    f"{len(waiting)} shard actor(s) not running after {timeout_s:.0f} s ({', '.join(waiting)}): "
+                    f"each needs {need}; the cluster has {_brief(free, need)} free of "
+                    f"{_brief(ray.cluster_resources(), need)}. Lower num_cpus_per_shard, free or add "
+                    "resources, or raise startup_timeout_s if shards are still downloading"
+                )
+            if pending:
+                log.info("waiting for %d of %d shard actors to load", len(pending), len(refs))
+        return [pids[(s, r)] for s in range(self.num_shards) for r in range(self.replicas)]
+
+    def _kill_owned(self) -> None:
+        _kill(self._owned)
+        self._owned = []
+
     # ---------------------------------------------------------------------------------------- queries
 
     def vectorize(self, queries: Sequence[Any]) -> sp.csr_matrix:
-        """Queries (text, ``{"indices", "values"}`` or ``(indices, values)``) -> CSR [n, vocab]; texts are
-        encoded by the model in one batch."""
-        rows: list[tuple[np.ndarray, np.ndarray]] = [None] * len(queries)  # type: ignore[list-item]
-        texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+        """Queries (text, ``{"indices", "values"}`` or ``(indices, values)``) -> CSR [n, vocab], validated
+        (requests.to_csr); texts are encoded by the model in one batch."""
+        texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
+        if texts and self.encoder is None:
+            raise QueryError("text queries need a model; this searcher has none (send sparse vectors)")
+        if any(not queries[i].strip() for i in texts):
+            raise QueryError(f"query {next(i for i in texts if not queries[i].strip())}: empty text")
+        rows = {
+            i: to_csr([q], self.vocab_size, first=i) for i, q in enumerate(queries) if not isinstance(q, str)
+        }
         if texts:
-            if self.encoder is None:
-                raise QueryError("text queries need a model; this searcher has none (send sparse vectors)")
-            encoded = self.encoder.encode_queries([t for _, t in texts])
-            for (i, _), row in zip(texts, range(encoded.shape[0]), strict=True):
-                rows[i] = (encoded[row].indices, encoded[row].data)
-        for i, q in enumerate(queries):
-            if isinstance(q, str):
-                continue
-            indices, values = (q["indices"], q["values"]) if isinstance(q, dict) else q
-            indices, values = np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float32)
-            if indices.shape != values.shape or indices.ndim != 1:
-                raise QueryError(f"query {i}: indices and values must be equal-length lists")
-            if len(indices) and (indices.min() < 0 or indices.max() >= self.vocab_size):
-                raise QueryError(f"query {i}: term id outside the vocabulary [0, {self.vocab_size})")
-            if not np.all(np.isfinite(values)) or np.any(values < 0):
-                raise QueryError(f"query {i}: weights must be finite and >= 0")
-            order = np.argsort(indices, kind="stable")
-            rows[i] = (indices[order], values[order])
-        indptr = np.cumsum([0] + [len(r[0]) for r in rows])
-        data = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, np.float32)
-        cols = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, np.int64)
-        csr = sp.csr_matrix((data, cols, indptr), shape=(len(rows), self.vocab_size))
-        csr.sum_duplicates()
-        return csr
+            encoded = sp.csr_matrix(self.encoder.encode_queries([queries[i] for i in texts]))
+            rows.update(zip(texts, (encoded[i] for i in range(encoded.shape[0])), strict=True))
+        if not rows:
+            return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
+        return sp.vstack([rows[i] for i in range(len(queries))], format="csr").astype(np.float32)
 
     def search(self, query: Any, k: int = 10, mode: str | None = None) -> SearchResult:
         return self.batch_search([query], k, mode)[0]
@@ -258,9 +420,34 @@ class ShardedSearcher:
     def batch_search(
         self, queries: Sequence[Any], k: int = 10, mode: str | None = None
     ) -> list[SearchResult]:
-        payload = self._payload(queries, k, mode)
-        if payload is None:
+        mode = mode or self.mode
+        check_search_args(k, mode)
+        if not queries:
             return []
+        csr = self.vectorize(queries)
+        self.queries += len(queries)
+        return self._batcher.submit(csr, int(k), mode)
+
+    async def abatch_search(
+        self, queries: Sequence[Any], k: int = 10, mode: str | None = None
+    ) -> list[SearchResult]:
+        """``batch_search`` for asyncio callers (the HTTP front end): encoding and the shards' answers are
+        awaited on worker threads, never on the event loop."""
+        import asyncio
+
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(128, thread_name_prefix="laconic-search")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.batch_search, queries, k, mode
+        )
+
+    def _search_csr(self, csr: sp.csr_matrix, k: int, mode: str) -> list[SearchResult]:
+        """One scatter-gather of validated queries (the micro-batcher's ``run``)."""
+        payload = (csr.indptr, csr.indices, csr.data, self.vocab_size, k, mode, self.threads_per_shard)
         started = time.perf_counter()
         answers = self._scatter_direct(payload, started)
         rest = [shard for shard in range(self.num_shards) if shard not in answers]
@@ -269,59 +456,16 @@ class ShardedSearcher:
             try:  # the common case: every shard answers in time, one wait for all
                 answers.update(zip(refs, ray.get(list(refs.values()), timeout=self.timeout_s), strict=True))
                 self._record(rest, time.perf_counter() - started)
-            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+                if (error := _query_error(e)) is not None:
+                    raise error from None
                 answers.update(self._gather(refs, payload, started))
-        return self._merge(answers, len(queries), k)
-
-    async def abatch_search(
-        self, queries: Sequence[Any], k: int = 10, mode: str | None = None
-    ) -> list[SearchResult]:
-        """``batch_search`` for asyncio callers (the HTTP front end): awaits the shards instead of blocking."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        if any(isinstance(q, str) for q in queries):  # the model's forward pass must not block the loop
-            payload = await loop.run_in_executor(None, self._payload, queries, k, mode)
-        else:
-            payload = self._payload(queries, k, mode)
-        if payload is None:
-            return []
-        started = time.perf_counter()
-        answers = {}
-        if self.direct:  # channel waits block: off the event loop
-            answers = await loop.run_in_executor(None, self._scatter_direct, payload, started)
-        rest = [shard for shard in range(self.num_shards) if shard not in answers]
-        if rest:
-            refs = {shard: self._call(shard, payload) for shard in rest}
-            try:
-                got = await asyncio.wait_for(asyncio.gather(*refs.values()), self.timeout_s)
-                answers.update(zip(refs, got, strict=True))
-                self._record(rest, time.perf_counter() - started)
-            except (ray.exceptions.RayError, TimeoutError):
-                answers.update(await loop.run_in_executor(None, self._gather, refs, payload, started))
-        return self._merge(answers, len(queries), k)
-
-    def _payload(self, queries: Sequence[Any], k: int, mode: str | None) -> tuple | None:
-        if k <= 0:
-            raise QueryError(f"k must be > 0, got {k}")
-        if not queries:
-            return None
-        csr = self.vectorize(queries)
-        self.queries += len(queries)
-        return (
-            csr.indptr,
-            csr.indices,
-            csr.data,
-            self.vocab_size,
-            int(k),
-            mode or self.mode,
-            self.threads_per_shard,
-        )
+        return self._merge(answers, csr.shape[0], k)
 
     def _open_channels(self) -> None:
         """Open a channel to every shard replica (a construction step: the first queries go direct too)."""
         refs = {
-            (s, r): a.open_channel.remote(self._node_ip)
+            (s, r): a.open_channel.remote(_node_ip())
             for s, row in enumerate(self.actors)
             for r, a in enumerate(row)
         }
@@ -332,40 +476,48 @@ class ShardedSearcher:
         try:
             self._channels[shard][replica] = Channel(*ray.get(ref, timeout=self.timeout_s))
         except Exception as e:  # a dead or restarting actor: actor calls until the next attempt
+            self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S
             log.info("no channel to %s/r%d yet (%s); using actor calls", shard_name(shard), replica, e)
 
     def _channel(self, shard: int, replica: int) -> Channel | None:
-        """The open channel to a shard replica, or None (use an actor call). A closed channel is reopened in
-        the background: the actor is asked for its address without waiting (it may be restarting), and a
-        later query connects once the answer is there."""
+        """The open channel to a shard replica, or None (use an actor call). A closed channel is reopened on
+        a background thread (the actor may be restarting; a peer may be slow to shake hands), at most every
+        ``CHANNEL_RETRY_S``: no query waits for it, and no lock is held while it happens."""
         channel = self._channels[shard][replica]
         if channel is not None and not channel.closed:
             return channel
         with self._lock:
-            ref = self._opening[shard][replica]
-            if ref is None:
-                if time.monotonic() >= self._channel_retry_at[shard][replica]:
-                    self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S
-                    actor = self.actors[shard][replica]
-                    self._opening[shard][replica] = actor.open_channel.remote(self._node_ip)
+            if (
+                self._reconnecting[shard][replica]
+                or time.monotonic() < self._channel_retry_at[shard][replica]
+            ):
                 return None
-            if not ray.wait([ref], timeout=0)[0]:
-                return None
-            self._opening[shard][replica] = None
-            self._connect(shard, replica, ref)
-        return self._channels[shard][replica]
+            self._reconnecting[shard][replica] = True
+            self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S
+        threading.Thread(
+            target=self._reconnect, args=(shard, replica), name="laconic-reconnect", daemon=True
+        ).start()
+        return None
+
+    def _reconnect(self, shard: int, replica: int) -> None:
+        try:
+            self._connect(shard, replica, self.actors[shard][replica].open_channel.remote(_node_ip()))
+        finally:
+            self._reconnecting[shard][replica] = False
 
     def _scatter_direct(self, payload: tuple, started: float) -> dict[int, list]:
         """Every shard's answer that came back over a channel (the caller asks the others by actor call).
 
-        Sends to every shard first, then waits for each answer until ``started + timeout_s``. Channels are
-        taken in shard order (one per shard), so concurrent callers cannot deadlock; a failed channel is
-        closed and left to reopen later."""
+        Sends to every shard first, then reads *every* sent channel's answer until ``started + timeout_s``,
+        whatever another shard answered: a channel whose answer is not read is closed, so none can carry a
+        stale answer into a later query. Channels are taken in shard order (one per shard), so concurrent
+        callers cannot deadlock. A :class:`QueryError` from any shard is raised once all are drained."""
         if not self.direct:
             return {}
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         sent: dict[int, tuple[int, Channel]] = {}
         answers: dict[int, list] = {}
+        query_error: QueryError | None = None
         try:
             for shard in range(self.num_shards):
                 replica = self._pick(shard)
@@ -385,9 +537,18 @@ class ShardedSearcher:
                     answers[shard] = channel.receive(started + self.timeout_s - time.perf_counter())
                 except ChannelClosed as e:
                     self._channel_failed(shard, replica, e)
+                except QueryError as e:
+                    query_error = query_error or e
+                except Exception as e:  # the shard's handler failed: that shard goes by actor call
+                    self._stats[shard].failures += 1
+                    log.warning(
+                        "%s/r%d: search failed (%r); retrying by actor call", shard_name(shard), replica, e
+                    )
         finally:
             for _, channel in sent.values():
                 channel.lock.release()
+        if query_error is not None:
+            raise query_error
         for shard in answers:
             self._stats[shard].calls += 1
         self._record(list(answers), time.perf_counter() - started)
@@ -408,7 +569,8 @@ class ShardedSearcher:
                     channel.close()
 
     def _gather(self, refs: dict[int, Any], payload: tuple, started: float) -> dict[int, list]:
-        """The slow path: per shard, wait up to the timeout, retry (next replica), give up after ``retries``."""
+        """The slow path: per shard, wait up to the timeout, retry (next replica), give up after ``retries``.
+        A shard's :class:`QueryError` is an answer, not a failure: raised at once, never retried."""
         answers: dict[int, list] = {}
         pending = {shard: (ref, started) for shard, ref in refs.items()}
         attempts = dict.fromkeys(refs, 0)
@@ -432,6 +594,8 @@ class ShardedSearcher:
                         del pending[shard]
                         continue
                     except ray.exceptions.RayError as e:
+                        if (query_error := _query_error(e)) is not None:
+                            raise query_error from None
                         error = e
                 self._stats[shard].failures += 1
                 attempts[shard] += 1
@@ -480,37 +644,80 @@ class ShardedSearcher:
         down = [f"{shard_name(s)}/r{r}" for (s, r), ref in refs.items() if ref not in ready]
         return {"ok": not down, "down": down, "shards": self.num_shards, "replicas": self.replicas}
 
-    def stats(self) -> dict[str, Any]:
-        """Per shard: docs, calls, failures, retries, mean call latency, restarts (distinct pids seen)."""
-        shards = []
-        for shard, row in enumerate(self.actors):
-            live = ray.get([a.stats.remote() for a in row])
+    def stats(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Per shard: docs, calls, failures, retries, mean call latency, restarts (distinct pids seen); a
+        shard replica that does not answer within ``timeout_s`` is listed under ``unreachable``."""
+        refs = [[a.stats.remote() for a in row] for row in self.actors]
+        ray.wait([r for row in refs for r in row], num_returns=sum(map(len, refs)), timeout=timeout_s)
+        shards, unreachable = [], []
+        for shard, row in enumerate(refs):
+            live = []
+            for replica, ref in enumerate(row):
+                try:
+                    live.append(ray.get(ref, timeout=0))
+                except Exception:  # not answering (restarting, busy past the deadline, gone)
+                    unreachable.append(f"{shard_name(shard)}/r{replica}")
             record = self._stats[shard]
             record.pids.update(s["pid"] for s in live)
             shards.append(
                 {
                     "shard": shard,
-                    "docs": live[0]["docs"],
+                    "docs": live[0]["docs"] if live else self.manifest.files[shard].rows,
                     "calls": record.calls,
                     "failures": record.failures,
                     "retries": record.retries,
                     "mean_call_ms": round(1000 * record.seconds / max(record.calls - record.failures, 1), 3),
                     "restarts": len(record.pids) - len(row),
                     "nodes": sorted({s["node"] for s in live}),
-                    "bytes": live[0]["bytes"],
+                    "bytes": live[0]["bytes"] if live else None,
+                    "channel_refused": sum(s["channel_refused"] for s in live),
                 }
             )
         return {
             "index": self.index,
             "queries": self.queries,
+            "batches": self._batcher.batches,
             "direct_channels": sum(c is not None and not c.closed for row in self._channels for c in row),
             "shards": shards,
+            "unreachable": unreachable,
             "docs": sum(s["docs"] for s in shards),
         }
 
     def shutdown(self) -> None:
         self.close_channels()
-        for row in self.actors:
-            for actor in row:
-                ray.kill(actor)
-        self.actors = []
+        _kill([actor for row in self.actors for actor in row])
+        self.actors, self._owned = [], []
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+
+def _truncate(result: SearchResult, k: int) -> SearchResult:
+    if len(result.doc_ids) <= k:
+        return result
+    return dataclasses.replace(result, doc_ids=result.doc_ids[:k], scores=result.scores[:k])
+
+
+def _kill(actors: list[Any]) -> None:
+    for actor in actors:
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(actor, no_restart=True)
+
+
+def _node_ip() -> str:
+    return ray.util.get_node_ip_address()
+
+
+def _brief(resources: dict[str, float], need: dict[str, float]) -> dict[str, float]:
+    return {k: round(resources.get(k, 0.0), 2) for k in need}
+
+
+def _wait_name_free(name: str | None, timeout_s: float) -> None:
+    """Wait until a killed named actor's name can be taken again (the GCS frees it asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
+    raise ShardStartupError(f"shard actor {name!r} still registered {timeout_s:.0f} s after it was killed")

@@ -46,15 +46,16 @@ def bm25_run(
 
 def laconic_run(config: EvalConfig, queries: list[Query], options: StorageOptions | None) -> Run:
     from laconic_ray.index import InvertedIndex, merge_topk
-    from laconic_ray.index.partition import read_index_manifest
+    from laconic_ray.index.partition import check_query_model, read_index_manifest
     from laconic_ray.model import SparseEncoder
 
     texts = [q.text for q in queries]
     if config.service:
         return _service_run(config, queries)
-    encoder = SparseEncoder.from_pretrained(config.model, options=options)
-    vectors = encoder.encode_queries(texts, batch_size=config.batch_size)
     manifest = read_index_manifest(config.index, options)
+    encoder = SparseEncoder.from_pretrained(config.model, options=options)
+    check_query_model(manifest.metadata, encoder, config.index, strict=config.check_model)
+    vectors = encoder.encode_queries(texts, batch_size=config.batch_size)
     shards = [InvertedIndex.load(storage.join(config.index, f.path), options=options) for f in manifest.files]
     partials = [
         shard.batch_search(vectors, config.k, num_threads=config.threads, mode=config.mode)

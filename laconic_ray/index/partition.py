@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ import numpy as np
 
 from laconic_ray import sparse, storage
 from laconic_ray.storage import FileEntry, Manifest, StorageOptions
+
+log = logging.getLogger(__name__)
 
 INDEX_KIND = "index"
 PARTITIONS = ("range", "hash")
@@ -105,6 +108,11 @@ def read_index_manifest(uri: str, options: StorageOptions | None = None) -> Mani
     return storage.read_manifest(uri, options, kind=INDEX_KIND)
 
 
+def manifest_digest(manifest: Manifest) -> str:
+    """The identity of one build of an index (its manifest, which lists every shard's checksum)."""
+    return hashlib.sha256(manifest.to_json().encode()).hexdigest()
+
+
 def stage_part(
     input_uri: str, entry: FileEntry, part: int, num_shards: int, staging: str, options: StorageOptions | None
 ) -> list[int]:
@@ -178,3 +186,28 @@ def build_shard(
         "bytes": sum(f["bytes"] for f in files.values()) + len(description),
         "sha256": hashlib.sha256(description).hexdigest(),
     }
+
+
+class ModelMismatchError(ValueError):
+    """The query model is not the one the index's documents were encoded with."""
+
+
+def check_query_model(metadata: dict[str, Any], encoder: Any, index: str, *, strict: bool = True) -> None:
+    """Refuse a query encoder that does not fit the index: another vocabulary size always; another model
+    (``model_id``, the sha256 of its weights, recorded by encode) unless ``strict=False``. Queries and
+    documents from different models score as noise, silently, so this is checked before anything runs."""
+    vocab = int(metadata.get("vocab_size", encoder.vocab_size))
+    if encoder.vocab_size != vocab:
+        raise ModelMismatchError(
+            f"{index}: the index has a vocabulary of {vocab} ids, the query model {encoder.vocab_size}; "
+            "encode queries with the model that encoded the documents"
+        )
+    indexed, query = metadata.get("model_id"), getattr(encoder, "model_id", None)
+    if indexed and query and indexed != query:
+        message = (
+            f"{index}: documents were encoded by {metadata.get('model') or 'a model'} ({indexed[:19]}...), "
+            f"the query model is another ({query[:19]}...); use the same checkpoint"
+        )
+        if strict:
+            raise ModelMismatchError(message + " (check_model=false searches anyway)")
+        log.warning(message)

@@ -16,6 +16,7 @@ applied to the pooled [batch, vocab] only, in fp32 whatever the compute dtype.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -297,6 +298,9 @@ class SparseEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.vocab_chunk = vocab_chunk
         self.pad_id = pad_token_id(tokenizer)
+        # sha256 of the saved weights (laconic.json's model_id): what vectors and indexes record, so that a
+        # query encoder can be matched with the index it searches. None until saved, or for plain HF models.
+        self.model_id: str | None = None
         self.mode.apply(self.causal_lm)
         if len(tokenizer) > self.vocab_size:
             raise ValueError(
@@ -516,7 +520,12 @@ class SparseEncoder(nn.Module):
         os.makedirs(uri, exist_ok=True)
         self.causal_lm.save_pretrained(uri, safe_serialization=True)
         self.tokenizer.save_pretrained(uri)
-        extra = {"vocab_size": self.vocab_size, "model_type": self.causal_lm.config.model_type}
+        self.model_id = weights_digest(uri)
+        extra = {
+            "vocab_size": self.vocab_size,
+            "model_type": self.causal_lm.config.model_type,
+            "model_id": self.model_id,
+        }
         storage.write_bytes(os.path.join(uri, LACONIC_FILE), self.settings.to_json(**extra).encode())
         return uri
 
@@ -542,7 +551,7 @@ class SparseEncoder(nn.Module):
 
         source = os.fspath(name_or_path)
         if storage.is_remote(source):
-            source = storage.localize(source, options, marker=LACONIC_FILE)
+            source = storage.localize(source, options)
         saved = _read_settings(source)
         fields = dataclasses.asdict(saved) if saved else {}
         fields.update({k: v for k, v in settings.items() if v is not None})
@@ -553,6 +562,7 @@ class SparseEncoder(nn.Module):
             source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
         )
         encoder = cls(model, load_tokenizer(tokenizer or source), encoder_settings, vocab_chunk=vocab_chunk)
+        encoder.model_id = _saved_model_id(source)
         if lora:
             encoder.add_lora(**lora)
         return encoder.to(device) if device else encoder
@@ -600,6 +610,24 @@ def build_hf_config(config: Any):
     if not model_type:
         raise ValueError("an architecture dict needs a 'model_type' (e.g. 'llama')")
     return AutoConfig.for_model(model_type, **fields)
+
+
+def weights_digest(folder: str) -> str:
+    """``sha256:<hex>`` over a saved model's weight files (names and bytes, in name order)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def _saved_model_id(source: str) -> str | None:
+    path = Path(source) / LACONIC_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("model_id")
 
 
 def _read_settings(source: str) -> EncoderSettings | None:

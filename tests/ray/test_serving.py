@@ -16,13 +16,14 @@ import urllib.request
 import numpy as np
 import pytest
 import ray
+import scipy.sparse as sp
 
 from laconic_ray import sparse, storage
 from laconic_ray.config import IndexConfig, ServeConfig, load_config
 from laconic_ray.distributed.index import run_index
 from laconic_ray.distributed.service import searcher_from
-from laconic_ray.distributed.serving import ShardedSearcher
-from laconic_ray.index import InvertedIndex
+from laconic_ray.distributed.serving import ShardedSearcher, ShardStartupError
+from laconic_ray.index import InvertedIndex, QueryError
 from tests.vectors import bm25_queries, collection_vectors
 
 
@@ -213,6 +214,8 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
             "max_k=50",
             "max_batch=4",
             "max_query_chars=100",
+            "max_query_terms=64",
+            "max_body_bytes=16384",
         ],
     )
     shards = ShardedSearcher(config.index, name=config.name, num_cpus_per_shard=0.5)
@@ -242,9 +245,12 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
         bad = [
             ({"vector": vector, "k": 0}, "k"),
             ({"vector": vector, "k": 51}, "limit of 50"),
-            ({"vector": {"indices": [1, 30522], "values": [1.0, 1.0]}}, "outside [0, 30522)"),
+            ({"vector": {"indices": [1, 30522], "values": [1.0, 1.0]}}, "vector.indices: 30522 is outside"),
             ({"vector": {"indices": [1, 2], "values": [1.0]}}, "2 indices but 1 values"),
-            ({"vector": {"indices": [1], "values": [-1.0]}}, "finite and >= 0"),
+            ({"vector": {"indices": [1], "values": [-1.0]}}, '"values", 0]'),  # pydantic names the item
+            ({"vector": {"indices": [5, 5], "values": [3e38, 3e38]}}, "vector.values: the weights of a repe"),
+            ({"vector": {"indices": [], "values": []}}, "vector.indices: no terms"),
+            ({"vector": {"indices": list(range(65)), "values": [1.0] * 65}}, "65 terms, the limit is 64"),
             ({"query": "x", "vector": vector}, "exactly one"),
             ({}, "exactly one"),
             ({"query": "text without a model"}, "no model"),
@@ -256,8 +262,20 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
             assert message in json.dumps(answer), (body, answer)
         status, answer = post(f"{base}/batch_search", {"queries": [{"vector": vector}] * 5})
         assert status == 422 and "batch limit" in json.dumps(answer)
+        status, answer = post(
+            f"{base}/batch_search",
+            {"queries": [{"vector": vector}, {"vector": {"indices": [5], "values": [1e39]}}]},
+        )
+        assert status == 422 and "queries[1].vector.values: weights must be finite" in answer["detail"]
         status, _ = post(f"{base}/search", None, raw=b"{not json")
         assert status == 422
+        status, answer = post(
+            f"{base}/search", None, raw=b'{"vector": {"indices": [1' + b", 1" * 6000 + b"]}}"
+        )
+        assert status == 413 and "the limit is 16384" in answer["detail"]  # refused before parsing
+        # the same vector works afterwards: nothing a bad request did lingers
+        status, body = post(f"{base}/search", {"vector": vector, "k": 10})
+        assert status == 200 and [h["doc_id"] for h in body["hits"]] == expected
         # Serve keeps its first HTTP address: deploying for another port must say so, not answer elsewhere
         with pytest.raises(ValueError, match=f"already runs on this cluster with HTTP on 127.0.0.1:{port}"):
             deploy(dataclasses.replace(config, port=_free_port(), name="other"), config.storage.options())
@@ -317,3 +335,148 @@ def test_laconic_serve_and_search_commands(ray_session, vectors, tmp_path):
         server.join(timeout=120)
     assert summary["url"] == f"http://127.0.0.1:{port}" and summary["docs"] == len(doc_ids)
     assert len(summary["replica_urls"]) == 1  # direct ingress (on in the test cluster)
+
+
+def test_a_query_a_shard_rejects_never_desynchronises_the_others(ray_session, vectors, tmp_path):
+    """Issue 21's critical bug: one query that every shard refuses left the other shards' answers unread on
+    their channels, and every later query got the previous query's answer."""
+    uri, doc_ids, docs, queries = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=3")
+    whole = InvertedIndex.build(docs, doc_ids)
+    stream = as_queries(queries)[:30]
+    expected = [whole.search(queries[i].indices, queries[i].data, 10)[0] for i in range(30)]
+    for direct in (True, False):
+        client = searcher(str(tmp_path / "index"), timeout_s=60, direct=direct)
+        try:
+            # the reported trigger: finite weights whose sum is not; refused on the client, naming the field
+            with pytest.raises(QueryError, match="query 0: values: the weights of a repeated term id sum"):
+                client.search({"indices": [5, 5], "values": [3e38, 3e38]}, k=10)
+            # a query that does reach the shards and is refused there (client checks bypassed): the same
+            # error on the channel path and the actor-call path, never retried into a partial answer
+            bad = sp.csr_matrix(([np.inf], [5], [0, 1]), shape=(1, client.vocab_size), dtype=np.float32)
+            for _ in range(3):
+                with pytest.raises(QueryError, match="not finite"):
+                    client._search_csr(bad, 10, "exact")
+                for i in (0, 1, 2):  # ... and every later query gets its own answer
+                    result = client.search(stream[i], k=10)
+                    assert result.doc_ids == expected[i] and not result.partial
+            assert [r.doc_ids for r in client.batch_search(stream, k=10)] == expected
+            stats = client.stats()
+            assert all(s["retries"] == 0 for s in stats["shards"])
+            if direct:
+                assert stats["direct_channels"] == 3  # the refusals closed no channel
+        finally:
+            client.shutdown()
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_answer(ray_session, vectors, tmp_path):
+    uri, doc_ids, docs, queries = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    whole = InvertedIndex.build(docs, doc_ids)
+    stream = as_queries(queries)
+    expected = [whole.search(queries[i].indices, queries[i].data, 5)[0] for i in range(len(stream))]
+    client = searcher(str(tmp_path / "index"), timeout_s=60)
+    wrong, errors = [], []
+
+    def run(offset: int) -> None:
+        for j in range(60):
+            i = (offset * 7 + j) % len(stream)
+            try:
+                if client.search(stream[i], k=5).doc_ids != expected[i]:
+                    wrong.append(i)
+            except Exception as e:
+                errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert errors == [] and wrong == []
+        stats = client.stats()
+        assert stats["queries"] == 480 and stats["batches"] < 480  # several callers shared shard calls
+    finally:
+        client.shutdown()
+
+
+def test_named_actors_holding_another_index_are_replaced_not_reused(ray_session, vectors, tmp_path):
+    uri, doc_ids, docs, queries = vectors
+    build(uri, str(tmp_path / "a"), "num_shards=2")
+    sparse.write_sparse(str(tmp_path / "half"), doc_ids[:1000], docs[:1000], docs.shape[1])
+    build(str(tmp_path / "half"), str(tmp_path / "b"), "num_shards=2")
+    first = ShardedSearcher(str(tmp_path / "a"), name="reuse", num_cpus_per_shard=0.5)
+    second = None
+    try:
+        # another process attaching to `name=reuse` for index b: refused, naming what the actors hold
+        with pytest.raises(ShardStartupError, match="serves another index"):
+            ShardedSearcher.attach(str(tmp_path / "b"), "reuse")
+        # starting `name=reuse` for index b (e.g. `laconic serve` again after a rebuild): replaced
+        second = ShardedSearcher(str(tmp_path / "b"), name="reuse", num_cpus_per_shard=0.5)
+        assert second.stats()["docs"] == 1000
+        half = InvertedIndex.build(docs[:1000], doc_ids[:1000])
+        assert (
+            second.search(as_queries(queries)[0], k=10).doc_ids
+            == half.search(queries[0].indices, queries[0].data, 10)[0]
+        )
+    finally:
+        first.close_channels()
+        (second or first).shutdown()
+
+
+def test_shard_actors_that_cannot_start_fail_fast_with_the_knobs_named(ray_session, vectors, tmp_path):
+    uri, *_ = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    started = time.monotonic()
+    with pytest.raises(ShardStartupError, match="needs 1 no_such_resource and no node offers"):
+        searcher(str(tmp_path / "index"), shard_resource="no_such_resource")
+    assert time.monotonic() - started < 30  # at once, not after a deadline
+    free = ray.available_resources().get("CPU", 0)
+    # each actor fits the cluster, both do not (3 + 3 CPUs of 4): the deadline names what they wait for
+    with pytest.raises(
+        ShardStartupError, match=r"1 shard actor\(s\) not running after 3 s .*num_cpus_per_shard"
+    ):
+        searcher(str(tmp_path / "index"), num_cpus_per_shard=3, startup_timeout_s=3)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
+        time.sleep(0.2)  # the actor that did start was killed: its CPUs come back
+    assert ray.available_resources().get("CPU", 0) >= free
+
+
+def test_laconic_serve_leaves_nothing_behind_when_it_cannot_deploy(ray_session, vectors, tmp_path):
+    from ray import serve
+
+    from laconic_ray.distributed.http import deploy
+    from laconic_ray.distributed.service import run_search, run_serve
+
+    uri, *_ = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    build(uri, str(tmp_path / "other"), "num_shards=1")
+    serve.shutdown()  # Serve keeps the HTTP address it first started with: start it afresh on ours
+    port = _free_port()
+    running = load_config(
+        ServeConfig,
+        "conf/serve.yaml",
+        [
+            f"index={tmp_path / 'index'}",
+            "num_cpus_per_shard=0.5",
+            "http_cpus=0.5",
+            f"port={port}",
+            "name=held",
+        ],
+    )
+    shards = searcher_from(running, name="held")
+    try:
+        deploy(running, running.storage.options())
+        # `laconic search` for another index on the port of a running service: refused, not answered by it
+        other = dataclasses.replace(running, index=str(tmp_path / "other"), query="heart", name="x")
+        with pytest.raises(ValueError, match=f"serves {tmp_path / 'index'}, not {tmp_path / 'other'}"):
+            run_search(other)
+        # `laconic serve` on another port while Serve runs on this one: fails, and kills its shard actors
+        with pytest.raises(ValueError, match="already runs on this cluster"):
+            run_serve(dataclasses.replace(running, port=_free_port(), name="orphan"))
+        with pytest.raises(ValueError):
+            ray.get_actor("orphan-shard-00000-r0", namespace="laconic")
+    finally:
+        serve.shutdown()
+        shards.shutdown()

@@ -297,3 +297,22 @@ def test_logit_bias_shifts_before_relu_and_survives_save_load(tmp_path):
     loaded = SparseEncoder.from_pretrained(tmp_path / "ckpt")
     assert loaded.settings.logit_bias == 0.5
     np.testing.assert_array_equal(loaded.encode(TEXTS, "passage").toarray(), sparse.toarray())
+
+
+def test_saved_models_carry_a_weights_digest_that_indexes_are_matched_by(tmp_path):
+    from laconic_ray.index.partition import ModelMismatchError, check_query_model
+
+    a, b = tiny_encoder(seed=0), tiny_encoder(seed=1)
+    a.save_pretrained(str(tmp_path / "a"))
+    b.save_pretrained(str(tmp_path / "b"))
+    loaded = SparseEncoder.from_pretrained(str(tmp_path / "a"))
+    assert loaded.model_id == a.model_id and loaded.model_id.startswith("sha256:")
+    assert a.model_id != b.model_id
+    metadata = {"vocab_size": 30522, "model": "runs/a", "model_id": a.model_id}
+    check_query_model(metadata, loaded, "idx")  # the same model: fine
+    with pytest.raises(ModelMismatchError, match=r"idx: documents were encoded by runs/a.*check_model=false"):
+        check_query_model(metadata, SparseEncoder.from_pretrained(str(tmp_path / "b")), "idx")
+    check_query_model(metadata, b, "idx", strict=False)  # overridden: a warning
+    with pytest.raises(ModelMismatchError, match="vocabulary of 128256 ids, the query model 30522"):
+        check_query_model({**metadata, "vocab_size": 128256}, loaded, "idx", strict=False)
+    check_query_model({"vocab_size": 30522}, loaded, "idx")  # an index without a model id: vocabulary only

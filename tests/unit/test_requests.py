@@ -1,0 +1,147 @@
+"""Query validation and micro-batching (laconic_ray/distributed/requests.py) without Ray."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from laconic_ray.distributed.requests import MicroBatcher, VectorError, _Request, check_vector, to_csr
+from laconic_ray.index.inverted import QueryError
+
+VOCAB = 100
+
+
+@pytest.mark.parametrize(
+    ("indices", "values", "field", "message"),
+    [
+        ([5, 5], [3e38, 3e38], "values", "sum to infinity"),  # each finite; their sum is not (issue 21)
+        ([1, 2], [1.0, float("nan")], "values", "finite"),
+        ([1], [float("inf")], "values", "finite"),
+        ([1], [1e39], "values", "finite"),  # finite in float64, infinite as float32
+        ([1], [-0.5], "values", ">= 0"),
+        ([1, 100], [1.0, 1.0], "indices", "100 is outside the vocabulary [0, 100)"),
+        ([-1], [1.0], "indices", "outside the vocabulary"),
+        ([], [], "indices", "no terms"),
+        ([1.5], [1.0], "indices", "integers"),
+        ([1], ["a"], "values", "numbers"),
+        ([1, 2], [1.0], "", "equal-length"),
+        (list(range(11)), [1.0] * 11, "indices", "11 terms, the limit is 10"),
+    ],
+)
+def test_bad_vectors_name_the_field(indices, values, field, message):
+    with pytest.raises(VectorError, match=re.escape(message)) as caught:
+        check_vector(indices, values, VOCAB, max_terms=10)
+    assert caught.value.field == field
+    with pytest.raises(
+        QueryError, match=re.escape(f"query 3: {field + ': ' if field else ''}") + ".*" + re.escape(message)
+    ):
+        to_csr(
+            [{"indices": [1], "values": [1.0]}, {"indices": indices, "values": values}],
+            VOCAB,
+            first=2,
+            max_terms=10,
+        )
+
+
+def test_duplicates_are_summed_and_rows_sorted():
+    csr = to_csr([{"indices": [7, 3, 7], "values": [1.0, 2.0, 0.5]}, ([1], [4.0])], VOCAB)
+    assert csr.dtype == np.float32 and csr.shape == (2, VOCAB)
+    assert csr[0].indices.tolist() == [3, 7] and csr[0].data.tolist() == [2.0, 1.5]
+    assert csr[1].indices.tolist() == [1] and csr[1].data.tolist() == [4.0]
+    with pytest.raises(QueryError, match="query 0: expected"):
+        to_csr([{"indices": [1]}], VOCAB)
+
+
+def rows(n: int, start: int = 0) -> sp.csr_matrix:
+    """n one-term queries whose term id encodes their number (so answers can be checked)."""
+    return sp.csr_matrix(
+        (np.ones(n, np.float32), np.arange(start, start + n), np.arange(n + 1)), shape=(n, VOCAB)
+    )
+
+
+class Shards:
+    """A stand-in for the scatter-gather: answers each row with its term id k times; the first call waits
+    until the test releases it, so that others queue behind it deterministically."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def run(self, csr, k, mode):
+        self.entered.set()
+        self.release.wait(10)
+        if np.any(csr.data < 0):
+            raise QueryError("negative weight")
+        self.batches.append(csr.shape[0])
+        return [[int(csr[i].indices[0])] * k for i in range(csr.shape[0])]
+
+
+def test_concurrent_callers_share_a_batch_and_get_their_own_answers():
+    shards = Shards()
+    batcher = MicroBatcher(shards.run, lambda r, k: r[:k], max_queries=64)
+    answers: dict[int, list] = {}
+
+    def caller(i: int) -> None:
+        answers[i] = batcher.submit(rows(2, 10 * i), k=1 + i % 3, mode="exact")
+
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    assert shards.entered.wait(10)  # caller 0's batch is "with the shards"
+    others = [threading.Thread(target=caller, args=(i,)) for i in range(1, 9)]
+    for t in others:
+        t.start()
+    while len(batcher._queue) < 8:  # every other caller has queued behind it
+        threading.Event().wait(0.001)
+    shards.release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert shards.batches == [2, 16]  # the eight queued callers went to the shards together
+    for i in range(9):
+        k = 1 + i % 3
+        assert answers[i] == [[10 * i] * k, [10 * i + 1] * k]  # each caller's rows, cut to its own k
+    assert batcher.batches == 2 and batcher.queries == 18
+
+
+def test_a_bad_request_in_a_batch_fails_alone():
+    shards = Shards()
+    shards.release.set()
+    batcher = MicroBatcher(shards.run, lambda r, k: r[:k])
+    bad = rows(1)
+    bad.data[:] = -1
+    requests = [_Request(rows(1, 1), 2, "exact"), _Request(bad, 2, "exact"), _Request(rows(1, 3), 2, "exact")]
+    batcher._execute(requests)
+    assert requests[0].result == [[1, 1]] and requests[2].result == [[3, 3]]
+    assert isinstance(requests[1].error, QueryError) and requests[1].result is None
+    assert shards.batches == [1, 1]  # the batch of three failed once, then each went alone
+
+
+def test_modes_are_never_mixed_and_batches_respect_max_queries():
+    shards = Shards()
+    shards.release.set()
+    batcher = MicroBatcher(shards.run, lambda r, k: r[:k], max_queries=4)
+    batcher._queue.extend(
+        [
+            _Request(rows(2), 1, "exact"),
+            _Request(rows(1), 1, "approximate"),
+            _Request(rows(2), 1, "exact"),
+            _Request(rows(1), 1, "exact"),
+        ]
+    )
+    first = batcher._take()
+    assert [r.csr.shape[0] for r in first] == [2, 2] and all(r.mode == "exact" for r in first)
+    assert [r.mode for r in batcher._queue] == ["approximate", "exact"]  # order kept for the next batches
+
+
+def test_errors_reach_every_caller_of_a_failed_batch():
+    def broken(csr, k, mode):
+        raise RuntimeError("shards unreachable")
+
+    batcher = MicroBatcher(broken, lambda r, k: r)
+    with pytest.raises(RuntimeError, match="unreachable"):
+        batcher.submit(rows(1), 1, "exact")
+    assert batcher._inflight == 0  # the slot is free again
