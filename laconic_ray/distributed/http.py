@@ -21,8 +21,11 @@ import time
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from ray import serve
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from laconic_ray.distributed.requests import VectorError, check_vector
 from laconic_ray.distributed.serving import ShardedSearcher
@@ -89,64 +92,55 @@ class Problem(BaseModel):
     detail: str = Field(description="what is wrong, naming the field")
 
 
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: body, then the field's path")
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    detail: str | list[FieldError] = Field(
+        description="a message naming the field (limits, vectors), or FastAPI's list of field errors (types)"
+    )
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": Problem, "description": "request body larger than max_body_bytes"},
-    422: {"description": "invalid request: the message names the field"},
+    400: {
+        "model": Problem,
+        "description": "malformed request framing (e.g. a content-length that is no number)",
+    },
+    413: {
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+        "description": "request body larger than max_body_bytes (Content Too Large)",
+    },
+    422: {"model": InvalidRequest, "description": "invalid request: the message names the field"},
 }
 
 
 class BodyLimit:
-    """ASGI middleware: refuse bodies over ``LIMITS["max_body_bytes"]`` with 413 before they are parsed
-    (a declared length is checked at once; a chunked body is read up to the limit, then replayed)."""
+    """Starlette's request-body limit (413 before the body is parsed, chunked bodies included), with the limit
+    read when a request arrives: it is set per replica, after this module's app is built."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = LIMITS["max_body_bytes"]
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return await _plain(send, 400, "content-length: not a number")
-            if int(declared) > limit:
-                return await _plain(send, 413, f"body: {int(declared)} bytes, the limit is {limit}")
-            return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                return await _plain(send, 413, f"body: more than {limit} bytes, the limit")
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-
-async def _plain(send: Any, status: int, detail: str) -> None:
-    import json
-
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        await RequestBodyLimitMiddleware(self.app, LIMITS["max_body_bytes"])(scope, receive, send)
 
 
 app = FastAPI(title="laconic_ray search", description="Learned sparse retrieval over sharded CPU indexes.")
 app.add_middleware(BodyLimit)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Any, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, without echoing the offending input: a NaN or Infinity there made the error response
+    itself unencodable (a 500), and a large body would be sent back whole."""
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 @serve.deployment
