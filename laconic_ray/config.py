@@ -590,7 +590,8 @@ class ServeConfig:
     check_model: bool = True  # refuse a query model other than the one that encoded the index
     startup_timeout_s: float = 300.0  # shard actors must be scheduled and loaded within this
     max_batch_queries: int = 256  # concurrent queries sent to the shards together (micro-batching)
-    batch_wait_ms: float = 0.0  # hold a batch this long for more queries (0: only what queued meanwhile)
+    # a batch waits up to this long for the callers of the last one to come back (only when fewer are queued)
+    batch_wait_ms: float = 1.0
     max_query_terms: int = 4096  # HTTP: terms per query vector
     max_body_bytes: int = 8 << 20  # HTTP: request body size
     # `laconic search`

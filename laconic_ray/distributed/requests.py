@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from laconic_ray.index import kernels
 from laconic_ray.index.inverted import MODES, QueryError
 
 
@@ -43,7 +44,8 @@ def check_vector(
     """One query vector -> (sorted unique int64 ids, float32 weights with duplicates summed), or raise
     :class:`VectorError` naming the field: unequal lengths, no terms, more than ``max_terms``, ids that are
     not integers or lie outside the vocabulary, weights that are not numbers, negative, or not finite as
-    float32, also after summing a repeated id (two finite weights can sum to infinity)."""
+    float32, also after summing a repeated id (two finite weights can sum to infinity). The checks and the
+    merge run in one compiled pass (kernels.check_query): a few microseconds, not a client's bottleneck."""
     indices, values = np.asarray(indices), np.asarray(values)
     if indices.ndim != 1 or values.ndim != 1 or indices.shape != values.shape:
         raise VectorError(
@@ -53,25 +55,22 @@ def check_vector(
         raise VectorError("indices", "no terms (an empty vector matches nothing)")
     if max_terms is not None and len(indices) > max_terms:
         raise VectorError("indices", f"{len(indices)} terms, the limit is {max_terms}")
-    if indices.dtype.kind not in "iu":
+    if indices.dtype.kind not in "iu" or (
+        indices.dtype.kind == "u" and indices.max() > np.iinfo(np.int64).max
+    ):
         raise VectorError("indices", f"term ids must be integers, got {indices.dtype}")
     if values.dtype.kind not in "iuf":
         raise VectorError("values", f"weights must be numbers, got {values.dtype}")
-    outside = (indices < 0) | (indices >= vocab_size)
-    if outside.any():
-        raise VectorError(
-            "indices", f"{int(indices[outside][0])} is outside the vocabulary [0, {vocab_size})"
-        )
-    with np.errstate(over="ignore", invalid="ignore"):
-        weights = values.astype(np.float32)
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-            raise VectorError("values", "weights must be finite and >= 0 (as float32)")
-        order = np.argsort(indices, kind="stable")
-        ids, starts = np.unique(indices[order], return_index=True)
-        summed = np.add.reduceat(weights[order], starts) if len(ids) < len(indices) else weights[order]
-    if not np.all(np.isfinite(summed)):
-        raise VectorError("values", "the weights of a repeated term id sum to infinity (as float32)")
-    return ids.astype(np.int64), summed
+    ids, weights, error, bad = kernels.check_query(
+        indices.astype(np.int64, copy=False), values.astype(np.float64, copy=False), vocab_size
+    )
+    if error == 1:
+        raise VectorError("indices", f"{int(indices[bad])} is outside the vocabulary [0, {vocab_size})")
+    if error == 2:
+        raise VectorError("values", "weights must be finite and >= 0 (as float32)")
+    if error == 3:
+        raise VectorError("values", f"the weights of repeated term id {bad} sum to infinity (as float32)")
+    return ids, weights
 
 
 def to_csr(
@@ -79,20 +78,36 @@ def to_csr(
 ) -> sp.csr_matrix:
     """Sparse queries (``{"indices", "values"}`` or ``(indices, values)``) -> CSR [n, vocab], float32, each
     row checked by :func:`check_vector`; errors name the query (``first`` numbers the first one)."""
-    rows: list[tuple[np.ndarray, np.ndarray]] = []
-    for i, q in enumerate(vectors, first):
-        try:
-            indices, values = (q["indices"], q["values"]) if isinstance(q, dict) else q
-        except (KeyError, TypeError, ValueError):
-            raise QueryError(f"query {i}: expected {{'indices': [...], 'values': [...]}}") from None
-        try:
-            rows.append(check_vector(indices, values, vocab_size, max_terms))
-        except VectorError as e:
-            raise QueryError(f"query {i}: {e.field + ': ' if e.field else ''}{e.reason}") from None
-    indptr = np.cumsum([0] + [len(r[0]) for r in rows])
-    data = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, np.float32)
-    cols = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, np.int64)
-    return sp.csr_matrix((data, cols, indptr), shape=(len(rows), vocab_size), dtype=np.float32)
+    rows = [vector_row(q, vocab_size, i, max_terms) for i, q in enumerate(vectors, first)]
+    return rows_to_csr(rows, vocab_size)
+
+
+def vector_row(
+    query: Any, vocab_size: int, number: int, max_terms: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`check_vector` of one query given as a dict or pair, its errors prefixed ``query <number>: ``."""
+    try:
+        indices, values = (query["indices"], query["values"]) if isinstance(query, dict) else query
+    except (KeyError, TypeError, ValueError):
+        raise QueryError(f"query {number}: expected {{'indices': [...], 'values': [...]}}") from None
+    try:
+        return check_vector(indices, values, vocab_size, max_terms)
+    except VectorError as e:
+        raise QueryError(f"query {number}: {e.field + ': ' if e.field else ''}{e.reason}") from None
+
+
+def rows_to_csr(rows: Sequence[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> sp.csr_matrix:
+    indptr, indices, values = concat_rows(rows)
+    return sp.csr_matrix((values, indices, indptr), shape=(len(rows), vocab_size), dtype=np.float32)
+
+
+def concat_rows(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``(ids, weights)`` -> CSR arrays ``(indptr, indices, values)``."""
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum([len(ids) for ids, _ in rows], out=indptr[1:])
+    if not rows:
+        return indptr, np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return indptr, np.concatenate([ids for ids, _ in rows]), np.concatenate([w for _, w in rows])
 
 
 def check_search_args(k: Any, mode: str) -> None:
@@ -104,28 +119,33 @@ def check_search_args(k: Any, mode: str) -> None:
 
 @dataclasses.dataclass(eq=False)
 class _Request:
-    csr: sp.csr_matrix
+    rows: list[tuple[np.ndarray, np.ndarray]]
     k: int
     mode: str
     result: list | None = None
     error: BaseException | None = None
     finished: bool = False
+    lead: bool = False  # handed a leader's slot: run the next batch
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class MicroBatcher:
-    """Serve concurrent ``submit(csr, k, mode)`` calls through ``run(csr, k, mode) -> [result per row]`` in
-    batches (see the module docstring); at most ``max_inflight`` batches are with the shards at once.
+    """Serve concurrent ``submit(rows, k, mode)`` calls through ``run(indptr, indices, values, k, mode) ->
+    [result per row]`` in batches (see the module docstring); at most ``max_inflight`` batches are with the
+    shards at once.
 
-    The caller whose turn it is runs the batch on its own thread (no hand-off when idle). A batch takes the
-    queued requests of the first one's mode, in arrival order, up to ``max_queries`` queries, and is run
-    with the largest ``k`` among them; each caller gets its first ``k`` (a merged top-K holds every top-k).
-    ``truncate(result, k)`` cuts one result to ``k``. A :class:`QueryError` from a batch of several
-    requests is retried request by request, so that only the offending caller gets it.
+    A caller that finds a free slot leads: it runs batches on its own thread (no hand-off when idle) until its
+    own request is answered, then hands its slot to the oldest waiting caller, if any; every other caller
+    sleeps on an event of its own, woken once, when its answer (or the lead) is there. A batch takes the
+    queued requests of the first one's mode, in arrival order, up to ``max_queries`` queries, and is run with
+    the largest ``k`` among them; each caller gets its first ``k`` (a merged top-K holds every top-k).
+    ``truncate(result, k)`` cuts one result to ``k``. A :class:`QueryError` from a batch of several requests
+    is retried request by request, so that only the offending caller gets it.
     """
 
     def __init__(
         self,
-        run: Callable[[sp.csr_matrix, int, str], list],
+        run: Callable[..., list],
         truncate: Callable[[Any, int], Any],
         *,
         max_queries: int = 256,
@@ -135,63 +155,82 @@ class MicroBatcher:
         self._run, self._truncate = run, truncate
         self.max_queries, self.max_inflight, self.wait_s = max_queries, max_inflight, wait_s
         self._queue: collections.deque[_Request] = collections.deque()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(
+            self._lock
+        )  # only a leader holding a batch for wait_s waits on it
         self._inflight = 0
+        self._last_size = 1  # queries in the last batch taken: the size worth waiting for (up to wait_s)
         self.batches = 0
         self.queries = 0
 
-    def submit(self, csr: sp.csr_matrix, k: int, mode: str) -> list:
-        request = _Request(csr, int(k), mode)
-        with self._cond:
+    def submit(self, rows: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str) -> list:
+        request = _Request(rows, int(k), mode)
+        with self._lock:
             self._queue.append(request)
-            while not request.finished:
-                if self._inflight < self.max_inflight and self._queue:
-                    self._inflight += 1
-                    batch = self._take()
-                    self._cond.release()
-                    try:
-                        self._execute(batch)
-                    finally:
-                        self._cond.acquire()
-                        self._inflight -= 1
-                        self._cond.notify_all()
-                else:
-                    self._cond.wait()
+            request.lead = self._inflight < self.max_inflight
+            if request.lead:
+                self._inflight += 1
+            else:
+                self._arrived.notify()
+        while True:
+            if request.lead:  # holding a slot (even if another leader answered us meanwhile): use or free it
+                self._lead(request)
+            if request.finished:
+                break
+            request.wake.wait()
+            request.wake.clear()
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
 
+    def _lead(self, own: _Request) -> None:
+        """Run batches holding a leader's slot until ``own`` is answered; then pass the slot on or free it."""
+        while not own.finished:
+            with self._lock:
+                batch = self._take()
+                if not batch:  # someone else's batch answered ours meanwhile (max_inflight > 1)
+                    break
+            self._execute(batch)
+        with self._lock:
+            own.lead = False
+            successor = next((r for r in self._queue if not r.lead), None)  # one slot per caller
+            if successor is not None:
+                successor.lead = True
+                successor.wake.set()
+            else:
+                self._inflight -= 1
+
     def _take(self) -> list[_Request]:
-        """The next batch (called holding the lock); waits up to ``wait_s`` for a fuller one."""
+        """The next batch (called holding the lock). When the last batch was larger than what is queued now,
+        wait up to ``wait_s`` for its callers to come back (they were answered a moment ago and are on their
+        way): otherwise a closed loop of N callers settles into a batch of 1 followed by one of N-1."""
         deadline = time.monotonic() + self.wait_s
-        while self.wait_s > 0 and sum(r.csr.shape[0] for r in self._queue) < self.max_queries:
+        while sum(len(r.rows) for r in self._queue) < min(self._last_size, self.max_queries):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self._cond.wait(left)
-        if not self._queue:  # another caller took them meanwhile (max_inflight > 1)
+            self._arrived.wait(left)
+        if not self._queue:
             return []
         mode, batch, size, kept = self._queue[0].mode, [], 0, collections.deque()
         while self._queue:
             request = self._queue.popleft()
-            rows = request.csr.shape[0]
+            rows = len(request.rows)
             if request.mode != mode or (batch and size + rows > self.max_queries):
                 kept.append(request)
                 continue
             batch.append(request)
             size += rows
         self._queue.extendleft(reversed(kept))
+        self._last_size = size
         return batch
 
     def _execute(self, batch: list[_Request]) -> None:
         try:
-            if not batch:
-                return
-            if len(batch) == 1:
-                self._finish(batch, self._run(batch[0].csr, batch[0].k, batch[0].mode))
-            else:
-                csr = sp.vstack([r.csr for r in batch], format="csr")
-                self._finish(batch, self._run(csr, max(r.k for r in batch), batch[0].mode))
+            rows = [row for request in batch for row in request.rows]
+            k = max(r.k for r in batch)
+            self._finish(batch, self._run(*concat_rows(rows), k, batch[0].mode))
         except QueryError as e:
             if len(batch) == 1:
                 self._fail(batch, e)
@@ -204,13 +243,20 @@ class MicroBatcher:
     def _finish(self, batch: list[_Request], results: list) -> None:
         start = 0
         for request in batch:
-            rows = request.csr.shape[0]
+            rows = len(request.rows)
             request.result = [self._truncate(r, request.k) for r in results[start : start + rows]]
-            request.finished = True
             start += rows
         self.batches += 1
         self.queries += start
+        self._wake(batch)
 
     def _fail(self, batch: list[_Request], error: BaseException) -> None:
         for request in batch:
-            request.error, request.finished = error, True
+            request.error = error
+        self._wake(batch)
+
+    @staticmethod
+    def _wake(batch: list[_Request]) -> None:
+        for request in batch:
+            request.finished = True
+            request.wake.set()

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ import ray
 import scipy.sparse as sp
 
 from laconic_ray.distributed.channel import Channel, ChannelClosed, ChannelServer
-from laconic_ray.distributed.requests import MicroBatcher, check_search_args, to_csr
+from laconic_ray.distributed.requests import MicroBatcher, check_search_args, rows_to_csr, vector_row
 from laconic_ray.index.inverted import InvertedIndex, QueryError
 from laconic_ray.index.merge import merge_topk
 from laconic_ray.index.partition import manifest_digest, read_index_manifest, shard_name
@@ -93,14 +94,17 @@ class ShardServer:
         mode: str,
         num_threads: int,
     ) -> list[tuple[list[str], list[float]]]:
+        if vocab != self.index.vocab_size:
+            raise QueryError(
+                f"queries are over {vocab} ids, this shard's vocabulary has {self.index.vocab_size}"
+            )
         with self._lock:
             if len(indptr) == 2:  # one query: the single-thread path has less overhead
                 ids, scores = self.index.search(indices, values, k, mode=mode)
                 return [(ids, scores.tolist())]
-            csr = sp.csr_matrix((values, indices, indptr), shape=(len(indptr) - 1, vocab))
             return [
                 (ids, scores.tolist())
-                for ids, scores in self.index.batch_search(csr, k, num_threads=num_threads, mode=mode)
+                for ids, scores in self.index.search_many(indptr, indices, values, k, num_threads, mode=mode)
             ]
 
     def stats(self) -> dict[str, Any]:
@@ -202,7 +206,7 @@ class ShardedSearcher:
         direct: bool = True,
         startup_timeout_s: float = 300.0,
         max_batch_queries: int = 256,
-        batch_wait_ms: float = 0.0,
+        batch_wait_ms: float = 1.0,
         check_model: bool = True,
         _attach: bool = False,
     ) -> None:
@@ -217,6 +221,11 @@ class ShardedSearcher:
         self.actors: list[list[Any]] = []
         self._owned: list[Any] = []  # actors this searcher created (killed if construction fails)
         self._lock = threading.Lock()
+        # one channel per shard replica; a batch takes one replica of every shard (replica i of shard s for
+        # the i-th free lane), so that `replicas` batches can be with the shards at once
+        self._free_lanes: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for lane in range(replicas):
+            self._free_lanes.put(lane)
         self._channels: list[list[Channel | None]] = [[None] * replicas for _ in range(self.num_shards)]
         self._channel_retry_at = [[0.0] * replicas for _ in range(self.num_shards)]
         self._reconnecting = [[False] * replicas for _ in range(self.num_shards)]
@@ -238,7 +247,7 @@ class ShardedSearcher:
             self._kill_owned()
             raise
         self._batcher = MicroBatcher(
-            self._search_csr,
+            self._search,
             _truncate,
             max_queries=max_batch_queries,
             max_inflight=replicas,
@@ -398,21 +407,25 @@ class ShardedSearcher:
 
     def vectorize(self, queries: Sequence[Any]) -> sp.csr_matrix:
         """Queries (text, ``{"indices", "values"}`` or ``(indices, values)``) -> CSR [n, vocab], validated
-        (requests.to_csr); texts are encoded by the model in one batch."""
+        (requests.check_vector); texts are encoded by the model in one batch."""
+        return rows_to_csr(self._rows(queries), self.vocab_size)
+
+    def _rows(self, queries: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each query as ``(sorted ids, float32 weights)``, checked; a bad one raises :class:`QueryError`."""
         texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
         if texts and self.encoder is None:
             raise QueryError("text queries need a model; this searcher has none (send sparse vectors)")
         if any(not queries[i].strip() for i in texts):
             raise QueryError(f"query {next(i for i in texts if not queries[i].strip())}: empty text")
-        rows = {
-            i: to_csr([q], self.vocab_size, first=i) for i, q in enumerate(queries) if not isinstance(q, str)
-        }
+        rows: list[Any] = [
+            None if isinstance(q, str) else vector_row(q, self.vocab_size, i) for i, q in enumerate(queries)
+        ]
         if texts:
             encoded = sp.csr_matrix(self.encoder.encode_queries([queries[i] for i in texts]))
-            rows.update(zip(texts, (encoded[i] for i in range(encoded.shape[0])), strict=True))
-        if not rows:
-            return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
-        return sp.vstack([rows[i] for i in range(len(queries))], format="csr").astype(np.float32)
+            for row, i in enumerate(texts):
+                lo, hi = encoded.indptr[row], encoded.indptr[row + 1]
+                rows[i] = (encoded.indices[lo:hi].astype(np.int64), encoded.data[lo:hi].astype(np.float32))
+        return rows
 
     def search(self, query: Any, k: int = 10, mode: str | None = None) -> SearchResult:
         return self.batch_search([query], k, mode)[0]
@@ -424,9 +437,9 @@ class ShardedSearcher:
         check_search_args(k, mode)
         if not queries:
             return []
-        csr = self.vectorize(queries)
+        rows = self._rows(queries)
         self.queries += len(queries)
-        return self._batcher.submit(csr, int(k), mode)
+        return self._batcher.submit(rows, int(k), mode)
 
     async def abatch_search(
         self, queries: Sequence[Any], k: int = 10, mode: str | None = None
@@ -445,9 +458,11 @@ class ShardedSearcher:
             self._executor, self.batch_search, queries, k, mode
         )
 
-    def _search_csr(self, csr: sp.csr_matrix, k: int, mode: str) -> list[SearchResult]:
-        """One scatter-gather of validated queries (the micro-batcher's ``run``)."""
-        payload = (csr.indptr, csr.indices, csr.data, self.vocab_size, k, mode, self.threads_per_shard)
+    def _search(
+        self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, k: int, mode: str
+    ) -> list[SearchResult]:
+        """One scatter-gather of validated queries given as CSR arrays (the micro-batcher's ``run``)."""
+        payload = (indptr, indices, values, self.vocab_size, k, mode, self.threads_per_shard)
         started = time.perf_counter()
         answers = self._scatter_direct(payload, started)
         rest = [shard for shard in range(self.num_shards) if shard not in answers]
@@ -460,7 +475,7 @@ class ShardedSearcher:
                 if (error := _query_error(e)) is not None:
                     raise error from None
                 answers.update(self._gather(refs, payload, started))
-        return self._merge(answers, csr.shape[0], k)
+        return self._merge(answers, len(indptr) - 1, k)
 
     def _open_channels(self) -> None:
         """Open a channel to every shard replica (a construction step: the first queries go direct too)."""
@@ -472,56 +487,56 @@ class ShardedSearcher:
         for (shard, replica), ref in refs.items():
             self._connect(shard, replica, ref)
 
-    def _connect(self, shard: int, replica: int, ref: Any) -> None:
+    def _connect(self, shard: int, lane: int, ref: Any) -> None:
         try:
-            self._channels[shard][replica] = Channel(*ray.get(ref, timeout=self.timeout_s))
+            self._channels[shard][lane] = Channel(*ray.get(ref, timeout=self.timeout_s))
         except Exception as e:  # a dead or restarting actor: actor calls until the next attempt
-            self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S
-            log.info("no channel to %s/r%d yet (%s); using actor calls", shard_name(shard), replica, e)
+            self._channel_retry_at[shard][lane] = time.monotonic() + CHANNEL_RETRY_S
+            log.info("no channel to %s yet (%s); using actor calls", self._where(shard, lane), e)
 
-    def _channel(self, shard: int, replica: int) -> Channel | None:
-        """The open channel to a shard replica, or None (use an actor call). A closed channel is reopened on
-        a background thread (the actor may be restarting; a peer may be slow to shake hands), at most every
+    def _where(self, shard: int, lane: int) -> str:
+        return f"{shard_name(shard)}/r{lane}"
+
+    def _channel(self, shard: int, lane: int) -> Channel | None:
+        """The open channel to replica ``lane`` of a shard, or None (use an actor call). A closed channel is reopened on a
+        background thread (the actor may be restarting; a peer may be slow to shake hands), at most every
         ``CHANNEL_RETRY_S``: no query waits for it, and no lock is held while it happens."""
-        channel = self._channels[shard][replica]
+        channel = self._channels[shard][lane]
         if channel is not None and not channel.closed:
             return channel
         with self._lock:
-            if (
-                self._reconnecting[shard][replica]
-                or time.monotonic() < self._channel_retry_at[shard][replica]
-            ):
+            if self._reconnecting[shard][lane] or time.monotonic() < self._channel_retry_at[shard][lane]:
                 return None
-            self._reconnecting[shard][replica] = True
-            self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S
+            self._reconnecting[shard][lane] = True
+            self._channel_retry_at[shard][lane] = time.monotonic() + CHANNEL_RETRY_S
         threading.Thread(
-            target=self._reconnect, args=(shard, replica), name="laconic-reconnect", daemon=True
+            target=self._reconnect, args=(shard, lane), name="laconic-reconnect", daemon=True
         ).start()
         return None
 
-    def _reconnect(self, shard: int, replica: int) -> None:
+    def _reconnect(self, shard: int, lane: int) -> None:
         try:
-            self._connect(shard, replica, self.actors[shard][replica].open_channel.remote(_node_ip()))
+            self._connect(shard, lane, self.actors[shard][lane].open_channel.remote(_node_ip()))
         finally:
-            self._reconnecting[shard][replica] = False
+            self._reconnecting[shard][lane] = False
 
     def _scatter_direct(self, payload: tuple, started: float) -> dict[int, list]:
         """Every shard's answer that came back over a channel (the caller asks the others by actor call).
 
-        Sends to every shard first, then reads *every* sent channel's answer until ``started + timeout_s``,
-        whatever another shard answered: a channel whose answer is not read is closed, so none can carry a
-        stale answer into a later query. Channels are taken in shard order (one per shard), so concurrent
-        callers cannot deadlock. A :class:`QueryError` from any shard is raised once all are drained."""
+        Takes a free lane (replica ``lane`` of every shard), sends to every shard first, then reads *every* sent
+        channel's answer until ``started + timeout_s``, whatever another shard answered: a channel whose
+        answer is not read is closed, so none can carry a stale answer into a later query. A
+        :class:`QueryError` from any shard is raised once all are drained."""
         if not self.direct:
             return {}
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-        sent: dict[int, tuple[int, Channel]] = {}
+        sent: dict[int, Channel] = {}
         answers: dict[int, list] = {}
         query_error: QueryError | None = None
+        lane = self._free_lanes.get()
         try:
             for shard in range(self.num_shards):
-                replica = self._pick(shard)
-                channel = self._channel(shard, replica)
+                channel = self._channel(shard, lane)
                 if channel is None:
                     continue
                 channel.lock.acquire()
@@ -529,24 +544,23 @@ class ShardedSearcher:
                     channel.send(data)
                 except ChannelClosed as e:
                     channel.lock.release()
-                    self._channel_failed(shard, replica, e)
+                    self._channel_failed(shard, lane, e)
                     continue
-                sent[shard] = (replica, channel)
-            for shard, (replica, channel) in sent.items():
+                sent[shard] = channel
+            for shard, channel in sent.items():
                 try:
                     answers[shard] = channel.receive(started + self.timeout_s - time.perf_counter())
                 except ChannelClosed as e:
-                    self._channel_failed(shard, replica, e)
+                    self._channel_failed(shard, lane, e)
                 except QueryError as e:
                     query_error = query_error or e
                 except Exception as e:  # the shard's handler failed: that shard goes by actor call
                     self._stats[shard].failures += 1
-                    log.warning(
-                        "%s/r%d: search failed (%r); retrying by actor call", shard_name(shard), replica, e
-                    )
+                    log.warning("%s: search failed (%r); retrying by actor call", self._where(shard, lane), e)
         finally:
-            for _, channel in sent.values():
+            for channel in sent.values():
                 channel.lock.release()
+            self._free_lanes.put(lane)
         if query_error is not None:
             raise query_error
         for shard in answers:
@@ -554,12 +568,10 @@ class ShardedSearcher:
         self._record(list(answers), time.perf_counter() - started)
         return answers
 
-    def _channel_failed(self, shard: int, replica: int, error: Exception) -> None:
+    def _channel_failed(self, shard: int, lane: int, error: Exception) -> None:
         self._stats[shard].failures += 1
-        self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S  # not again at once
-        log.warning(
-            "%s/r%d: channel failed (%s); this query goes by actor call", shard_name(shard), replica, error
-        )
+        self._channel_retry_at[shard][lane] = time.monotonic() + CHANNEL_RETRY_S  # not again at once
+        log.warning("%s: channel failed (%s); this query goes by actor call", self._where(shard, lane), error)
 
     def close_channels(self) -> None:
         """Close this client's direct connections (the actors keep listening for others)."""

@@ -64,11 +64,13 @@ class InvertedIndex:
         self.source = source
         self.n_blocks = max(1, -(-meta.n_docs // meta.block_size))
         self._accumulate_docs = self.ACCUMULATE_DOCS
-        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # search(): one query at a time
+        self._chunk_scratch: tuple[np.ndarray, np.ndarray] | None = None  # batch_search(): one per chunk
         self._id_text: str | bytes | None = None
         self._id_bounds: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._kernel_args: tuple | None = None
         self._queries = 0
+        self._stamp = 0  # last stamp handed to the kernels' scratch tables (see _stamps)
         self._search_seconds = 0.0
 
     # ------------------------------------------------------------------------------------------ build / io
@@ -209,15 +211,6 @@ class InvertedIndex:
         if error == 2:
             raise QueryError(f"query weight {values[bad]} (term {int(indices[bad])}) is not finite and >= 0")
 
-    def _prepare(self, indices: Any, values: Any, query_mass: float) -> tuple[np.ndarray, np.ndarray]:
-        """Validate one query; merge duplicate ids; drop zero weights; sort by weight (largest first)."""
-        indices, values = self._query_arrays(indices, values, query_mass)
-        terms, weights, error, bad = kernels.prepare_query(
-            indices, values, self.vocab_size, float(query_mass)
-        )
-        self._raise_query_error(error, bad, indices, values)
-        return terms, weights
-
     @staticmethod
     def _check(k: int, alpha: float) -> None:
         if not isinstance(k, int | np.integer) or k <= 0:
@@ -242,6 +235,27 @@ class InvertedIndex:
             )
             self._kernel_args = (*arrays, post_abs)
         return self._kernel_args
+
+    def _stamps(self, n: int) -> int:
+        """The first of ``n`` fresh stamps for the scratch tables (a stamp marks a table row as the current
+        query's, so tables are never cleared between queries). Stamps live in the upper 32 bits of an int64
+        tag: before they would run out (2^31 queries), every table is cleared and numbering starts again."""
+        if self._stamp + n >= 1 << 31:
+            for scratch in (self._scratch, self._chunk_scratch):
+                if scratch is not None:
+                    scratch[1][...] = 0
+            self._stamp = 0
+        self._stamp += n
+        return self._stamp - n + 1
+
+    def _batch_scratch(self, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-chunk block bounds and entry tables for ``search_batch``, kept between calls (grown on need)."""
+        if self._chunk_scratch is None or self._chunk_scratch[0].shape[0] < n_chunks:
+            self._chunk_scratch = (
+                np.zeros((n_chunks, self.n_blocks)),
+                np.zeros((n_chunks, self.n_blocks, kernels.MAX_TABLE_TERMS), dtype=np.int64),
+            )
+        return self._chunk_scratch
 
     def _result(self, scores: np.ndarray, docs: np.ndarray, n: int) -> Result:
         return self._lookup_ids(docs[:n]), scores[:n] * self.meta.scale
@@ -292,7 +306,7 @@ class InvertedIndex:
             self.meta.block_size,
             self.accumulate_docs,
             *self._scratch,
-            self._queries + 1,
+            self._stamps(1),
             scores,
             docs,
         )
@@ -312,24 +326,59 @@ class InvertedIndex:
         query_mass: float | None = None,
     ) -> list[Result]:
         """Search every row of ``q_csr``; ``num_threads`` parallel workers (default: all cores numba sees)."""
-        import numba
-
-        alpha, query_mass = self._settings(mode, alpha, query_mass)
-        self._check(k, alpha)
         q_csr = sp.csr_matrix(q_csr)
         if q_csr.shape[1] > self.vocab_size and q_csr.nnz and q_csr.indices.max() >= self.vocab_size:
             raise QueryError(
                 f"query term id {int(q_csr.indices.max())} outside the vocabulary [0, {self.vocab_size})"
             )
-        prepared = [
-            self._prepare(q_csr.indices[s:e], q_csr.data[s:e], query_mass)
-            for s, e in zip(q_csr.indptr[:-1], q_csr.indptr[1:], strict=True)
-        ]
-        ptr = np.zeros(len(prepared) + 1, dtype=np.int64)
-        np.cumsum([len(t) for t, _ in prepared], out=ptr[1:])
-        terms = np.concatenate([t for t, _ in prepared]) if prepared else np.zeros(0, dtype=np.int64)
-        weights = np.concatenate([w for _, w in prepared]) if prepared else np.zeros(0)
-        n_queries = len(prepared)
+        return self.search_many(
+            q_csr.indptr,
+            q_csr.indices,
+            q_csr.data,
+            k,
+            num_threads,
+            mode=mode,
+            alpha=alpha,
+            query_mass=query_mass,
+        )
+
+    def search_many(
+        self,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        values: np.ndarray,
+        k: int = 10,
+        num_threads: int | None = None,
+        *,
+        mode: str = "exact",
+        alpha: float | None = None,
+        query_mass: float | None = None,
+    ) -> list[Result]:
+        """``batch_search`` of queries given as CSR arrays (row ``i`` is ``indices/values[indptr[i]:indptr[i+1]]``),
+        without building a matrix: what a shard actor receives over the wire."""
+        import numba
+
+        alpha, query_mass = self._settings(mode, alpha, query_mass)
+        self._check(k, alpha)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        if (
+            indptr.ndim != 1
+            or len(indptr) < 1
+            or indptr[0] != 0
+            or indptr[-1] != len(indices)
+            or len(indices) != len(values)
+            or np.any(np.diff(indptr) < 0)
+        ):
+            raise QueryError("queries: indptr, indices and values do not describe CSR rows")
+        ptr, terms, weights, error, row, bad = kernels.prepare_batch(
+            indptr, indices, values, self.vocab_size, float(query_mass)
+        )
+        if error:
+            lo, hi = indptr[row], indptr[row + 1]
+            self._raise_query_error(error, bad, indices[lo:hi], values[lo:hi])
+        n_queries = len(indptr) - 1
         k_eff = min(int(k), max(self.n_docs, 1))
         scores = np.empty((n_queries, k_eff))
         docs = np.empty((n_queries, k_eff), dtype=np.int64)
@@ -341,6 +390,7 @@ class InvertedIndex:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         started = time.perf_counter()
         try:
+            n_chunks = 1 if threads == 1 else max(1, min(n_queries, threads * 4))
             kernels.search_batch(
                 ptr,
                 terms,
@@ -351,8 +401,9 @@ class InvertedIndex:
                 self.n_docs,
                 self.meta.block_size,
                 self.accumulate_docs,
-                self.n_blocks,
-                max(1, min(n_queries, threads * 4)),
+                n_chunks,
+                *self._batch_scratch(n_chunks),
+                self._stamps(n_queries),
                 scores,
                 docs,
                 counts,

@@ -377,3 +377,17 @@ def test_a_corrupt_cached_shard_is_fetched_again(random_setup, tmp_path, s3_buck
     assert storage.sha256_of(os.path.join(storage.localize(uri, options), "post_imp.npy")) == (
         storage.sha256_of(storage.join(uri, "post_imp.npy"), options)
     )
+
+
+def test_scratch_stamps_start_again_before_they_run_out(random_setup):
+    docs, ids, queries = random_setup
+    index = InvertedIndex.build(docs, ids)
+    index.accumulate_docs = 0  # the block-max kernels, which use the stamped scratch tables
+    expected = [index.search(queries[i].indices, queries[i].data, 10) for i in range(5)]
+    index.batch_search(queries[:5], 10, num_threads=1)
+    index._stamp = (1 << 31) - 3  # the next batch would need stamps past 2^31
+    for got, (ids_, scores) in zip(index.batch_search(queries[:5], 10, num_threads=1), expected, strict=True):
+        assert got[0] == ids_
+        np.testing.assert_array_equal(got[1], scores)
+    assert index._stamp == 5  # numbering started again, on cleared tables
+    assert index.search(queries[0].indices, queries[0].data, 10)[0] == expected[0][0]

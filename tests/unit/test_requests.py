@@ -7,7 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from laconic_ray.distributed.requests import MicroBatcher, VectorError, _Request, check_vector, to_csr
 from laconic_ray.index.inverted import QueryError
@@ -56,11 +55,9 @@ def test_duplicates_are_summed_and_rows_sorted():
         to_csr([{"indices": [1]}], VOCAB)
 
 
-def rows(n: int, start: int = 0) -> sp.csr_matrix:
+def rows(n: int, start: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """n one-term queries whose term id encodes their number (so answers can be checked)."""
-    return sp.csr_matrix(
-        (np.ones(n, np.float32), np.arange(start, start + n), np.arange(n + 1)), shape=(n, VOCAB)
-    )
+    return [(np.array([start + i]), np.ones(1, np.float32)) for i in range(n)]
 
 
 class Shards:
@@ -72,13 +69,13 @@ class Shards:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def run(self, csr, k, mode):
+    def run(self, indptr, indices, values, k, mode):
         self.entered.set()
         self.release.wait(10)
-        if np.any(csr.data < 0):
+        if np.any(values < 0):
             raise QueryError("negative weight")
-        self.batches.append(csr.shape[0])
-        return [[int(csr[i].indices[0])] * k for i in range(csr.shape[0])]
+        self.batches.append(len(indptr) - 1)
+        return [[int(indices[indptr[i]])] * k for i in range(len(indptr) - 1)]
 
 
 def test_concurrent_callers_share_a_batch_and_get_their_own_answers():
@@ -104,15 +101,37 @@ def test_concurrent_callers_share_a_batch_and_get_their_own_answers():
     for i in range(9):
         k = 1 + i % 3
         assert answers[i] == [[10 * i] * k, [10 * i + 1] * k]  # each caller's rows, cut to its own k
-    assert batcher.batches == 2 and batcher.queries == 18
+    assert batcher.batches == 2 and batcher.queries == 18 and batcher._inflight == 0
+
+
+def test_many_threads_many_rounds_every_answer_its_own():
+    def echo(indptr, indices, values, k, mode):
+        return [int(indices[indptr[i]]) for i in range(len(indptr) - 1)]
+
+    batcher = MicroBatcher(echo, lambda r, k: r, max_queries=8, max_inflight=2)
+    wrong = []
+
+    def caller(t: int) -> None:
+        for j in range(300):
+            n = 1 + j % 3
+            got = batcher.submit(rows(n, 1000 * t + 10 * j), 1, "exact")
+            if got != [1000 * t + 10 * j + i for i in range(n)]:
+                wrong.append((t, j, got))
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and wrong == []
+    assert batcher._inflight == 0 and not batcher._queue and batcher.queries == 12 * 600
 
 
 def test_a_bad_request_in_a_batch_fails_alone():
     shards = Shards()
     shards.release.set()
     batcher = MicroBatcher(shards.run, lambda r, k: r[:k])
-    bad = rows(1)
-    bad.data[:] = -1
+    bad = [(np.array([0]), np.array([-1.0], np.float32))]
     requests = [_Request(rows(1, 1), 2, "exact"), _Request(bad, 2, "exact"), _Request(rows(1, 3), 2, "exact")]
     batcher._execute(requests)
     assert requests[0].result == [[1, 1]] and requests[2].result == [[3, 3]]
@@ -121,9 +140,7 @@ def test_a_bad_request_in_a_batch_fails_alone():
 
 
 def test_modes_are_never_mixed_and_batches_respect_max_queries():
-    shards = Shards()
-    shards.release.set()
-    batcher = MicroBatcher(shards.run, lambda r, k: r[:k], max_queries=4)
+    batcher = MicroBatcher(Shards().run, lambda r, k: r[:k], max_queries=4)
     batcher._queue.extend(
         [
             _Request(rows(2), 1, "exact"),
@@ -133,15 +150,41 @@ def test_modes_are_never_mixed_and_batches_respect_max_queries():
         ]
     )
     first = batcher._take()
-    assert [r.csr.shape[0] for r in first] == [2, 2] and all(r.mode == "exact" for r in first)
+    assert [len(r.rows) for r in first] == [2, 2] and all(r.mode == "exact" for r in first)
     assert [r.mode for r in batcher._queue] == ["approximate", "exact"]  # order kept for the next batches
 
 
 def test_errors_reach_every_caller_of_a_failed_batch():
-    def broken(csr, k, mode):
+    def broken(*args):
         raise RuntimeError("shards unreachable")
 
     batcher = MicroBatcher(broken, lambda r, k: r)
     with pytest.raises(RuntimeError, match="unreachable"):
         batcher.submit(rows(1), 1, "exact")
     assert batcher._inflight == 0  # the slot is free again
+
+
+def test_a_closed_loop_of_callers_keeps_its_batches_whole():
+    """Without waiting, N callers in a closed loop settle into a batch of 1 then one of N-1 (the first caller
+    back takes the queue alone); with wait_s, a batch waits for the last batch's callers to come back."""
+    sizes = []
+
+    def shards(indptr, indices, values, k, mode):
+        sizes.append(len(indptr) - 1)
+        threading.Event().wait(0.002)  # the shards' work
+        return [0] * (len(indptr) - 1)
+
+    batcher = MicroBatcher(shards, lambda r, k: r, wait_s=1.0)
+    start = threading.Barrier(8)
+
+    def caller():
+        start.wait()
+        for _ in range(40):
+            batcher.submit(rows(1), 1, "exact")
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(sizes) == 320 and len(sizes) <= 60, sizes  # ~40 batches of 8, not ~80 of 1 and 7

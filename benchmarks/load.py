@@ -1,0 +1,241 @@
+"""Throughput and latency of the sharded service under concurrent load, against the in-process ceiling.
+
+    .venv/bin/python benchmarks/load.py [--docs 200000] [--layouts 1x1,2x1,4x1,1x2] [--concurrency 1,4,16,64]
+
+Same synthetic SPLADE-like vectors as benchmarks/engines.py. For each layout (``SxR``: S shards x R replicas,
+shard actors and the HTTP replica on this machine's cores, as `laconic serve` runs them):
+
+* ``ceiling``: in-process ``InvertedIndex.batch_search`` over the whole collection with one thread per core,
+  all queries in one call: the most queries per second these cores can search, with no serving at all;
+* ``python``: ``concurrency`` threads of one process share one ``ShardedSearcher`` (direct channels,
+  micro-batching), each sending one query at a time, closed loop, for ``--seconds``;
+* ``http``: ``concurrency`` keep-alive connections, from threads of a separate process, each POSTing one
+  query at a time to the HTTP replica's own port (Serve direct ingress, `laconic serve`'s default).
+
+Reported per cell: QPS, its fraction of the ceiling, p50 and p99 latency. Goals (issue 21): at concurrency 16
+the Python client >= 50% of the ceiling, HTTP >= 25%, p99 <= 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+common.setup()
+
+
+def ceiling_qps(index, queries, repeats: int = 3) -> float:
+    threads = os.cpu_count() or 1
+    index.batch_search(queries[:100], 10, num_threads=threads)  # compile and warm
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        index.batch_search(queries, 10, num_threads=threads)
+        times.append(time.perf_counter() - started)
+    return queries.shape[0] / statistics.median(times)
+
+
+def python_load(client, rows, concurrency: int, seconds: float) -> dict:
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    stop = threading.Event()
+
+    def run(slot: int) -> None:
+        i = slot * 997
+        mine = latencies[slot]
+        while not stop.is_set():
+            started = time.perf_counter()
+            client.search(rows[i % len(rows)], 10)
+            mine.append(time.perf_counter() - started)
+            i += 1
+
+    for q in rows[:200]:  # warm: channels open, JIT compiled in every shard
+        client.search(q, 10)
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    every = np.concatenate([np.asarray(x) for x in latencies])
+    return {
+        "qps": round(len(every) / elapsed, 1),
+        "p50_ms": round(1000 * float(np.percentile(every, 50)), 3),
+        "p99_ms": round(1000 * float(np.percentile(every, 99)), 3),
+    }
+
+
+def http_load(url: str, bodies_file: str, concurrency: int, seconds: float) -> dict:
+    """POST /search from ``concurrency`` keep-alive connections in a separate process (so that the client's
+    work does not share this process's GIL), closed loop; latencies measured per request."""
+    command = [sys.executable, __file__, "--http-client", url, bodies_file, str(concurrency), str(seconds)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def http_client(url: str, bodies_file: str, concurrency: int, seconds: float) -> None:
+    """The load generator process of :func:`http_load`; prints one JSON line."""
+    import http.client
+
+    bodies = Path(bodies_file).read_text().splitlines()
+    host, port = url.removeprefix("http://").split(":")
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    stop = threading.Event()
+
+    def run(slot: int, until: threading.Event, record: bool) -> None:
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        i = slot * 997
+        while not until.is_set():
+            started = time.perf_counter()
+            connection.request(
+                "POST", "/search", bodies[i % len(bodies)], {"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            response.read()
+            if record:
+                latencies[slot].append(time.perf_counter() - started)
+                errors[slot] += response.status != 200
+            i += 1
+        connection.close()
+
+    warm = threading.Event()
+    warmers = [threading.Thread(target=run, args=(s, warm, False)) for s in range(concurrency)]
+    for t in warmers:
+        t.start()
+    time.sleep(1.0)
+    warm.set()
+    for t in warmers:
+        t.join()
+    threads = [threading.Thread(target=run, args=(s, stop, True)) for s in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    every = np.concatenate([np.asarray(x) for x in latencies])
+    print(
+        json.dumps(
+            {
+                "qps": round(len(every) / elapsed, 1),
+                "p50_ms": round(1000 * float(np.percentile(every, 50)), 3),
+                "p99_ms": round(1000 * float(np.percentile(every, 99)), 3),
+                "errors": sum(errors),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--docs", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--layouts", default="1x1,2x1,4x1,1x2", help="shards x replicas, comma-separated")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--threads-per-shard", type=int, default=1)
+    parser.add_argument("--http-client", nargs=4, help=argparse.SUPPRESS)  # the HTTP load process
+    args = parser.parse_args()
+    if args.http_client:
+        url, bodies, concurrency, seconds = args.http_client
+        return http_client(url, bodies, int(concurrency), float(seconds))
+    from laconic_ray.distributed.http import DIRECT_INGRESS_ENV
+
+    os.environ.update(DIRECT_INGRESS_ENV)  # before Ray starts: Serve's processes read it at start
+
+    import ray
+    from ray import serve
+    from synthetic import generate
+
+    from laconic_ray import sparse
+    from laconic_ray.config import IndexConfig, ServeConfig, load_config
+    from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
+    from laconic_ray.distributed.http import deploy, replica_urls
+    from laconic_ray.distributed.index import run_index
+    from laconic_ray.distributed.service import searcher_from
+    from laconic_ray.index import InvertedIndex
+
+    docs, queries = generate(args.docs, args.queries, seed=0)
+    ids = [f"d{i}" for i in range(docs.shape[0])]
+    tmp = Path(tempfile.mkdtemp())
+    sparse.write_sparse(str(tmp / "vecs"), ids, docs, docs.shape[1])
+    rows = [
+        {"indices": queries[i].indices.tolist(), "values": queries[i].data.tolist()}
+        for i in range(queries.shape[0])
+    ]
+    (tmp / "bodies.jsonl").write_text("\n".join(json.dumps({"vector": r, "k": 10}) for r in rows) + "\n")
+    whole = InvertedIndex.build(docs, ids)
+    ceiling = ceiling_qps(whole, queries)
+    del whole
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    result = {"docs": args.docs, "cores": os.cpu_count(), "ceiling_qps": round(ceiling, 1), "layouts": {}}
+    print(json.dumps({"ceiling_qps": result["ceiling_qps"]}), file=sys.stderr)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    built: set[int] = set()
+    for layout in args.layouts.split(","):
+        n, replicas = (int(x) for x in layout.split("x"))
+        index = str(tmp / f"index{n}")
+        if n not in built:
+            run_index(
+                load_config(
+                    IndexConfig,
+                    None,
+                    [f"input={tmp / 'vecs'}", f"output={index}", f"num_shards={n}", "num_cpus_per_task=0.5"],
+                )
+            )
+            built.add(n)
+        config = load_config(
+            ServeConfig,
+            None,
+            [
+                f"index={index}",
+                f"name=load{n}x{replicas}",
+                f"replicas={replicas}",
+                "num_cpus_per_shard=0.5",
+                "http_cpus=0.5",
+                f"threads_per_shard={args.threads_per_shard}",
+                "timeout_s=60",
+            ],
+        )
+        searcher = searcher_from(config, name=config.name)
+        cells: dict[str, dict] = {}
+        try:
+            for c in concurrency:
+                cells[f"python c={c}"] = python_load(searcher, rows, c, args.seconds)
+                print(json.dumps({layout: {f"python c={c}": cells[f"python c={c}"]}}), file=sys.stderr)
+            deploy(config, config.storage.options())
+            (url,) = replica_urls(config.name, "127.0.0.1")
+            for c in concurrency:
+                cells[f"http c={c}"] = http_load(url, str(tmp / "bodies.jsonl"), c, args.seconds)
+                print(json.dumps({layout: {f"http c={c}": cells[f"http c={c}"]}}), file=sys.stderr)
+        finally:
+            serve.delete(config.name)
+            searcher.shutdown()
+        for cell in cells.values():
+            cell["of_ceiling"] = round(cell["qps"] / ceiling, 3)
+        result["layouts"][layout] = cells
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
