@@ -6,7 +6,8 @@ Same synthetic SPLADE-like vectors as benchmarks/engines.py. For each layout (``
 shard actors and the HTTP replica on this machine's cores, as `laconic serve` runs them):
 
 * ``ceiling``: in-process ``InvertedIndex.batch_search`` over the whole collection with one thread per core,
-  all queries in one call: the most queries per second these cores can search, with no serving at all;
+  all queries in one call: the most queries per second these cores can search, with no serving at all
+  (``one_thread_qps``: the same on one thread, what one shard actor with ``threads_per_shard=1`` can do);
 * ``python``: ``concurrency`` threads of one process share one ``ShardedSearcher`` (direct channels,
   micro-batching), each sending one query at a time, closed loop, for ``--seconds``;
 * ``http``: ``concurrency`` keep-alive connections, from threads of a separate process, each POSTing one
@@ -37,8 +38,7 @@ import common
 common.setup()
 
 
-def ceiling_qps(index, queries, repeats: int = 3) -> float:
-    threads = os.cpu_count() or 1
+def ceiling_qps(index, queries, threads: int, repeats: int = 3) -> float:
     index.batch_search(queries[:100], 10, num_threads=threads)  # compile and warm
     times = []
     for _ in range(repeats):
@@ -183,12 +183,19 @@ def main() -> None:
     ]
     (tmp / "bodies.jsonl").write_text("\n".join(json.dumps({"vector": r, "k": 10}) for r in rows) + "\n")
     whole = InvertedIndex.build(docs, ids)
-    ceiling = ceiling_qps(whole, queries)
+    ceiling = ceiling_qps(whole, queries, os.cpu_count() or 1)
+    one_thread = ceiling_qps(whole, queries, 1)  # what one shard actor (threads_per_shard=1) can reach
     del whole
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    result = {"docs": args.docs, "cores": os.cpu_count(), "ceiling_qps": round(ceiling, 1), "layouts": {}}
+    result = {
+        "docs": args.docs,
+        "cores": os.cpu_count(),
+        "ceiling_qps": round(ceiling, 1),
+        "one_thread_qps": round(one_thread, 1),
+        "layouts": {},
+    }
     print(json.dumps({"ceiling_qps": result["ceiling_qps"]}), file=sys.stderr)
     concurrency = [int(c) for c in args.concurrency.split(",")]
     built: set[int] = set()
