@@ -109,5 +109,6 @@ def test_no_input_gets_a_server_error_or_breaks_the_schema(service, method, path
     assert len(statuses) >= (EXAMPLES // 2 if method == "POST" else 1)  # they really reached the service
     if mode == GenerationMode.NEGATIVE:  # what breaks the schema is refused, and says so
         assert all(400 <= s < 500 for s in statuses), sorted(set(statuses))
-    else:  # valid requests are answered (some exceed the service's limits: k, terms, vocabulary)
+    elif path == "/search":  # valid requests are answered (many exceed the service's limits: k, terms, ids)
         assert 200 in statuses, sorted(set(statuses))
+    # (/batch_search: a batch is answered only if every query in it is valid, which random lists rarely are)
