@@ -181,6 +181,7 @@ class ModelConfig:
     passage_max_length: int = 192
     top_k: int | None = 512  # weights kept per vector when encoding for the index
     vocab_chunk: int = 2048  # LM-head rows per pooling step: peak memory ~ batch x tokens x vocab_chunk
+    pooling_layout: str = "auto"  # auto (per_row on CPU, dense on GPUs) | per_row | dense
     logit_bias: float = (
         0.0  # subtracted before ReLU; >0 only for randomly initialised models (see encoder.py)
     )
@@ -213,6 +214,11 @@ class ModelConfig:
         )
         check(self.top_k is None or self.top_k > 0, "top_k", "must be > 0 or null (keep every weight)")
         check(self.vocab_chunk > 0, "vocab_chunk", "must be > 0")
+        check(
+            self.pooling_layout in ("auto", "per_row", "dense"),
+            "pooling_layout",
+            "must be auto, per_row or dense",
+        )
 
 
 @dataclasses.dataclass
@@ -460,7 +466,9 @@ class TrainConfig:
     )
     scaling: ScalingSettings = dataclasses.field(default_factory=ScalingSettings)
     parallelism: str = "auto"  # auto (fsdp on GPUs, ddp otherwise) | fsdp | ddp
-    mixed_precision: str = "bf16"  # bf16 | fp16 | none: FSDP compute dtype on GPUs (parameters kept in fp32)
+    # bf16 | none: FSDP's compute dtype on GPUs (parameters stay in model.dtype). No fp16: it needs loss
+    # scaling, which this trainer does not do
+    mixed_precision: str = "bf16"
     gradient_checkpointing: bool = True
     checkpoint_every: int = 100  # optimizer steps between sharded checkpoints
     keep_checkpoints: int = 2
@@ -484,9 +492,16 @@ class TrainConfig:
             "must be 0, 1, 2 or null (all enabled phases)",
         )
         check(self.parallelism in ("auto", "fsdp", "ddp"), "parallelism", "must be auto, fsdp or ddp")
-        check(
-            self.mixed_precision in ("bf16", "fp16", "none"), "mixed_precision", "must be bf16, fp16 or none"
-        )
+        check(self.mixed_precision in ("bf16", "none"), "mixed_precision", "must be bf16 or none")
+        for index in self.phases():
+            phase = getattr(self, f"phase{index}")
+            check(
+                phase.lora.enabled or self.model.dtype == "float32",
+                f"phase{index}.lora.enabled",
+                f"false trains every weight, and with model.dtype={self.model.dtype} AdamW would update "
+                "16-bit weights (steps below their resolution are lost); set model.dtype=float32 (FSDP still "
+                "computes in bf16 with mixed_precision=bf16) or enable LoRA",
+            )
         check(self.checkpoint_every > 0 and self.keep_checkpoints > 0, "checkpoint_every", "must be > 0")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
         for index in PHASES:

@@ -15,12 +15,19 @@ log = logging.getLogger(__name__)
 # Where object storage is and how to reach it: forwarded to workers. Credentials (AWS_ACCESS_KEY_ID,
 # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, profiles) are not: a runtime env is logged by Ray's agents and shown
 # on the dashboard, so workers take credentials from their node's own chain (instance role, env, profile).
+# The same for the Hugging Face hub: mirror, cache and offline switches travel, HF_TOKEN does not (gated
+# repos such as meta-llama/* need it in the nodes' environment, e.g. cluster.yaml's, or `hf auth login` there).
 FORWARDED_VARIABLES = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_CA_BUNDLE",
+    "HF_ENDPOINT",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
 )
 
 

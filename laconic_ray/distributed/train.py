@@ -34,7 +34,7 @@ from laconic_ray.config import PhaseConfig, TrainConfig, to_dict
 from laconic_ray.data.examples import example_files
 from laconic_ray.distributed.cluster import ensure_ray, worker_env
 from laconic_ray.model.build import build_encoder, encoder_settings
-from laconic_ray.model.encoder import LACONIC_FILE, SparseEncoder
+from laconic_ray.model.encoder import LACONIC_FILE, SparseEncoder, dense_to_csr
 from laconic_ray.model.losses import FlopsSchedule
 from laconic_ray.model.tokenization import TextFormat
 from laconic_ray.training.batches import ExampleBatcher, TextBatcher, TrainBatch
@@ -46,7 +46,7 @@ from laconic_ray.training.objectives import (
     ContrastiveObjective,
     DualEncoder,
 )
-from laconic_ray.training.parallel import choose_strategy, wrap
+from laconic_ray.training.parallel import build_parallel_model, choose_strategy, unwrap
 from laconic_ray.training.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         "passage_max_length": phase.passage_max_length,
     }
 
-    def rebuild() -> SparseEncoder:
+    def rebuild(device: str | None = None) -> SparseEncoder:
         if plan.init:
             return SparseEncoder.from_pretrained(
                 plan.init,
@@ -230,15 +230,17 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 options=options,
                 attn_implementation=model_config.attn_implementation,
                 vocab_chunk=model_config.vocab_chunk,
+                pooling_layout=model_config.pooling_layout,
+                device=device,
                 **settings,
             )
         return build_encoder(
             dataclasses.replace(
                 model_config, **{k: v for k, v in settings.items() if hasattr(model_config, k)}
-            )
+            ),
+            device=device,
         )
 
-    encoder = rebuild()
     lora_kwargs = (
         {
             "r": lora["r"],
@@ -249,25 +251,28 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         if lora["enabled"]
         else None
     )
-    if lora_kwargs:
-        encoder.add_lora(**lora_kwargs)
-    if plan.gradient_checkpointing:
-        encoder.enable_gradient_checkpointing()
     wrapper = AdaptationModel if plan.index == 0 else DualEncoder
-    module = wrapper(encoder).to(device)
     strategy = choose_strategy(plan.parallelism, device, world)
-    model = wrap(module, strategy, device, plan.mixed_precision)
+    model, encoder, initial = build_parallel_model(
+        rebuild,
+        wrapper,
+        strategy,
+        device,
+        rank,
+        lora=lora_kwargs,
+        mixed_precision=plan.mixed_precision,
+        gradient_checkpointing=plan.gradient_checkpointing,
+    )
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=phase.lr, weight_decay=phase.weight_decay
     )
     scheduler = build_scheduler(optimizer, plan.total_steps, phase.warmup_ratio)
 
-    initial = _digest(encoder)
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_checkpoint(directory, model, optimizer, scheduler)
+            state = load_checkpoint(directory, model, optimizer, scheduler, rank)
         if rank == 0:
             log.info(
                 "phase %d resumes at step %d (epoch %d, %d micro-batches in)",
@@ -331,7 +336,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             history=history,
         )
 
-    probes = _probe(encoder, plan.probe_texts) if rank == 0 else None
+    probes = _probe(model, encoder, plan.probe_texts)  # collective under FSDP: every rank runs it
     export_encoder(model, rebuild, lora_kwargs, plan.export, rank, options, wrapper=wrapper)
     return {
         "step": state.step,
@@ -342,19 +347,24 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _digest(encoder: SparseEncoder) -> float:
-    """A fingerprint of the base (non-adapter) weights: phase N must start where phase N-1 ended."""
-    with torch.no_grad():
-        return sum(
-            float(p.double().abs().sum()) for name, p in encoder.named_parameters() if "lora_" not in name
-        )
+def _probe(model: torch.nn.Module, encoder: SparseEncoder, texts: tuple[str, ...]) -> dict[str, list] | None:
+    """The trained (unmerged) model's vectors for a few texts, to compare with the export's (tests).
 
-
-def _probe(encoder: SparseEncoder, texts: tuple[str, ...]) -> dict[str, list] | None:
-    """The trained (unmerged) model's vectors for a few texts, to compare with the export's (tests)."""
+    Through the wrapped model's own forward and on every rank: under FSDP each rank must take part in the
+    same gathers (a rank-0-only probe met the other ranks already in the export's gathers and aborted)."""
     if not texts:
         return None
-    csr = encoder.encode_documents(list(texts))
+    batch = encoder.prepare(list(texts), "passage").to(encoder.device)
+    args = (batch.input_ids, batch.attention_mask, batch.pool_mask)
+    was_training = model.training
+    model.eval()  # no LoRA dropout: the export is used in eval mode too
+    try:
+        with torch.no_grad():
+            out = model(*args, *args) if isinstance(unwrap(model), DualEncoder) else model(*args)
+    finally:
+        model.train(was_training)
+    weights = out[1] if isinstance(unwrap(model), DualEncoder) else out[2]
+    csr = dense_to_csr(weights.float().cpu(), None)  # as encode_documents: every weight > 0
     return {"indptr": csr.indptr.tolist(), "indices": csr.indices.tolist(), "data": csr.data.tolist()}
 
 

@@ -29,6 +29,7 @@ def build_encoder(model: ModelConfig, *, device: str | torch.device | None = Non
         "attn_implementation": model.attn_implementation,
         "device": device,
         "vocab_chunk": model.vocab_chunk,
+        "pooling_layout": model.pooling_layout,
     }
     if model.name_or_path:
         return SparseEncoder.from_pretrained(

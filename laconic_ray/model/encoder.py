@@ -47,6 +47,7 @@ from laconic_ray.model.tokenization import (
 log = logging.getLogger(__name__)
 
 LACONIC_FILE = "laconic.json"
+ADAPTER_FILE = "adapter_config.json"  # a PEFT adapter folder
 FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -188,6 +189,7 @@ class PooledProjection(torch.autograd.Function):
             ctx.save_for_backward(flat, weight, argmax)
             ctx.bounds = plan if kind == "segments" else None
             ctx.has_bias = bias is not None
+            ctx.chunk = chunk
         return values.float()
 
     @staticmethod
@@ -202,13 +204,29 @@ class PooledProjection(torch.autograd.Function):
         col, rows = col[keep], rows[keep]
         g = grad[text[keep], col].to(flat.dtype).unsqueeze(1)
         grad_flat = grad_weight = grad_bias = None
+        # in slices of `chunk` entries: each materialises [chunk, hidden], so the backward's peak is bounded by
+        # vocab_chunk like the forward's, not by texts x active ids (millions of entries on a GPU batch)
         if ctx.needs_input_grad[0]:
-            grad_flat = torch.zeros_like(flat).index_add_(0, rows, g * weight[col])
+            grad_flat = torch.zeros_like(flat)
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros_like(weight).index_add_(0, col, g * flat[rows])
+            grad_weight = torch.zeros_like(weight)
+        for start in range(0, col.shape[0], ctx.chunk):
+            c, r, gs = (
+                col[start : start + ctx.chunk],
+                rows[start : start + ctx.chunk],
+                g[start : start + ctx.chunk],
+            )
+            if grad_flat is not None:
+                grad_flat.index_add_(0, r, gs * weight[c])
+            if grad_weight is not None:
+                grad_weight.index_add_(0, c, gs * flat[r])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = weight.new_zeros(weight.shape[0]).index_add_(0, col, g.squeeze(1))
         return grad_flat, grad_weight, grad_bias, None, None
+
+
+# max_pool_logits's per_row argument for each SparseEncoder.pooling_layout
+POOLING_LAYOUTS: dict[str, bool | None] = {"auto": None, "per_row": True, "dense": False}
 
 
 def max_pool_logits(
@@ -289,7 +307,12 @@ class SparseEncoder(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, tokenizer, settings: EncoderSettings | None = None, vocab_chunk: int = 2048
+        self,
+        model: nn.Module,
+        tokenizer,
+        settings: EncoderSettings | None = None,
+        vocab_chunk: int = 2048,
+        pooling_layout: str = "auto",
     ):
         super().__init__()
         self.settings = settings or EncoderSettings()
@@ -297,6 +320,11 @@ class SparseEncoder(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.vocab_chunk = vocab_chunk
+        if pooling_layout not in POOLING_LAYOUTS:
+            raise ValueError(
+                f"pooling_layout must be one of {sorted(POOLING_LAYOUTS)}, got {pooling_layout!r}"
+            )
+        self.pooling_layout = pooling_layout  # max_pool_logits's layout: auto picks by device
         self.pad_id = pad_token_id(tokenizer)
         # sha256 of the saved weights (laconic.json's model_id): what vectors and indexes record, so that a
         # query encoder can be matched with the index it searches. None until saved, or for plain HF models.
@@ -316,7 +344,9 @@ class SparseEncoder(nn.Module):
 
     @property
     def has_lora(self) -> bool:
-        return hasattr(self.model, "peft_config")
+        # a peft wrapper, not just a `peft_config` attribute (transformers sets one on models it loaded an
+        # adapter into, which have no get_base_model)
+        return hasattr(self.model, "peft_config") and hasattr(self.model, "get_base_model")
 
     @property
     def lm_head(self) -> nn.Module:
@@ -345,7 +375,12 @@ class SparseEncoder(nn.Module):
         hidden = self.hidden_states(input_ids, attention_mask)
         head = self.lm_head
         pooled = max_pool_logits(
-            hidden, head.weight, getattr(head, "bias", None), pool_mask, self.vocab_chunk
+            hidden,
+            head.weight,
+            getattr(head, "bias", None),
+            pool_mask,
+            self.vocab_chunk,
+            POOLING_LAYOUTS[self.pooling_layout],
         )
         return activate(pooled, self.settings.logit_bias)
 
@@ -432,7 +467,12 @@ class SparseEncoder(nn.Module):
             t2 = time.perf_counter()
             head = self.lm_head
             pooled = max_pool_logits(
-                hidden, head.weight, getattr(head, "bias", None), inputs.pool_mask, self.vocab_chunk
+                hidden,
+                head.weight,
+                getattr(head, "bias", None),
+                inputs.pool_mask,
+                self.vocab_chunk,
+                POOLING_LAYOUTS[self.pooling_layout],
             )
             block = dense_to_csr(activate(pooled, self.settings.logit_bias), top_k)
             t3 = time.perf_counter()
@@ -541,6 +581,7 @@ class SparseEncoder(nn.Module):
         tokenizer: str | None = None,
         attn_implementation: str = "sdpa",
         vocab_chunk: int = 2048,
+        pooling_layout: str = "auto",
         options: storage.StorageOptions | None = None,
         **settings: Any,
     ) -> SparseEncoder:
@@ -552,20 +593,82 @@ class SparseEncoder(nn.Module):
         source = os.fspath(name_or_path)
         if storage.is_remote(source):
             source = storage.localize(source, options)
+        if (Path(source) / ADAPTER_FILE).is_file() and not (Path(source) / "config.json").is_file():
+            encoder = cls._from_adapter(
+                source,
+                mode=mode,
+                tokenizer=tokenizer,
+                settings=settings,
+                dtype=dtype,
+                device=device,
+                attn_implementation=attn_implementation,
+                vocab_chunk=vocab_chunk,
+                pooling_layout=pooling_layout,
+                options=options,
+            )
+            if lora:
+                encoder.add_lora(**lora)
+            return encoder
         saved = _read_settings(source)
         fields = dataclasses.asdict(saved) if saved else {}
         fields.update({k: v for k, v in settings.items() if v is not None})
         if mode is not None:
             fields["mode"] = mode
         encoder_settings = EncoderSettings(**fields)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+        try:
+            if _is_meta(device):  # shapes only: read config.json, no weights
+                from transformers import AutoConfig
+
+                model = _empty_model(AutoConfig.from_pretrained(source), dtype, attn_implementation)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+                )
+        except OSError as e:
+            if Path(source).exists():
+                raise
+            raise OSError(
+                f"{source}: not a local folder, and the hub did not give it ({' '.join(str(e).split())[:300]}). "
+                "A hub id needs internet or a filled cache (HF_HUB_OFFLINE=1); a gated repo (meta-llama/*) a "
+                "token: HF_TOKEN here, and on Ray workers in the nodes' own environment (runtime envs, which "
+                "Ray logs, never carry it)"
+            ) from None
+        encoder = cls(
+            model,
+            load_tokenizer(tokenizer or source),
+            encoder_settings,
+            vocab_chunk=vocab_chunk,
+            pooling_layout=pooling_layout,
         )
-        encoder = cls(model, load_tokenizer(tokenizer or source), encoder_settings, vocab_chunk=vocab_chunk)
         encoder.model_id = _saved_model_id(source)
         if lora:
             encoder.add_lora(**lora)
-        return encoder.to(device) if device else encoder
+        return encoder.to(device) if device and not _is_meta(device) else encoder
+
+    @classmethod
+    def _from_adapter(
+        cls, source: str, *, mode: str | None, tokenizer: str | None, settings: dict[str, Any], **load: Any
+    ) -> SparseEncoder:
+        """A PEFT adapter folder (``adapter_config.json``, no weights of its own): its base model, loaded as
+        :meth:`from_pretrained` would, with the adapter applied and merged. Settings come from the adapter
+        folder's ``laconic.json`` if it has one (else the base's), then the caller's."""
+        from peft import PeftModel
+
+        adapter = json.loads((Path(source) / ADAPTER_FILE).read_text())
+        base = adapter.get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{source}/{ADAPTER_FILE}: no base_model_name_or_path to apply the adapter to")
+        saved = _read_settings(source)
+        fields = dataclasses.asdict(saved) if saved else {}
+        fields.update({k: v for k, v in settings.items() if v is not None})
+        fields["mode"] = mode or fields.get("mode")
+        has_tokenizer = (Path(source) / "tokenizer_config.json").is_file()
+        encoder = cls.from_pretrained(
+            base, tokenizer=tokenizer or (source if has_tokenizer else None), **load, **fields
+        )
+        encoder.model = PeftModel.from_pretrained(encoder.model, source).merge_and_unload()
+        encoder.model_id = _saved_model_id(source)
+        return encoder
 
     @classmethod
     def from_config(
@@ -579,6 +682,7 @@ class SparseEncoder(nn.Module):
         device: str | torch.device | None = None,
         lora: dict[str, Any] | None = None,
         vocab_chunk: int = 2048,
+        pooling_layout: str = "auto",
         **settings: Any,
     ) -> SparseEncoder:
         """Random init from an HF config (object or dict with ``model_type``) and a tokenizer (object or
@@ -588,15 +692,41 @@ class SparseEncoder(nn.Module):
         config = build_hf_config(config)
         if seed is not None:
             torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
-        )
+        if _is_meta(device):
+            model = _empty_model(config, dtype, attn_implementation)
+        else:
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+            )
         if isinstance(tokenizer, str | os.PathLike):
             tokenizer = load_tokenizer(tokenizer)
-        encoder = cls(model, tokenizer, EncoderSettings(**settings), vocab_chunk=vocab_chunk)
+        encoder = cls(
+            model,
+            tokenizer,
+            EncoderSettings(**settings),
+            vocab_chunk=vocab_chunk,
+            pooling_layout=pooling_layout,
+        )
         if lora:
             encoder.add_lora(**lora)
-        return encoder.to(device) if device else encoder
+        return encoder.to(device) if device and not _is_meta(device) else encoder
+
+
+def _is_meta(device: str | torch.device | None) -> bool:
+    return device is not None and torch.device(device).type == "meta"
+
+
+def _empty_model(config: Any, dtype: str | torch.dtype | None, attn_implementation: str) -> nn.Module:
+    """The causal LM of ``config`` with its parameters on the meta device (no memory) and its buffers real:
+    non-persistent buffers such as rotary frequencies are computed at construction and are in no state
+    dict, so they must exist before the weights are loaded into a materialised copy (parallel.py)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(
+            config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+        )
 
 
 def build_hf_config(config: Any):

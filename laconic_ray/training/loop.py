@@ -64,9 +64,9 @@ class Callbacks(Protocol):
 Objective = Callable[[nn.Module, TrainBatch, int], tuple[torch.Tensor, dict[str, float]]]
 
 
-def _state_options() -> StateDictOptions:
+def _state_options(strict: bool = True) -> StateDictOptions:
     # LoRA: only adapters are trainable; frozen base weights are rebuilt from the phase's initial model
-    return StateDictOptions(ignore_frozen_params=True)
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
 def save_checkpoint(
@@ -80,27 +80,45 @@ def save_checkpoint(
     """Sharded (torch.distributed.checkpoint): every rank writes its shard of the same directory."""
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_options())
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=directory)
+    # this rank's random state (dropout, LoRA's included): a resumed run draws what the uninterrupted one would
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, os.path.join(directory, f"rng-rank{rank}.pt"))
     if rank == 0:
         with open(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump({"state": dataclasses.asdict(state), "scheduler": scheduler.state_dict()}, f)
 
 
 def load_checkpoint(
-    directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0
 ) -> TrainState:
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_options())
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=directory)
-    set_state_dict(
+    dcp.load(state, checkpoint_id=directory)  # raises if the checkpoint lacks any trainable key
+    # not strict: the frozen base weights (LoRA's base_layer) are not in the checkpoint, by design, and a
+    # strict load refused every LoRA resume ("Missing key(s) ... base_layer.weight"); the trainable ones are
+    # all there (dcp.load above), and anything the checkpoint holds that the model lacks is still an error
+    incompatible = set_state_dict(
         model,
         optimizer,
         model_state_dict=state["model"],
         optim_state_dict=state["optim"],
-        options=_state_options(),
+        options=_state_options(strict=False),
     )
+    if incompatible is not None and incompatible.unexpected_keys:
+        raise RuntimeError(
+            f"{directory}: checkpoint keys the model does not have: {incompatible.unexpected_keys[:5]}"
+        )
     with open(os.path.join(directory, STATE_FILE)) as f:
         saved = json.load(f)
     scheduler.load_state_dict(saved["scheduler"])
+    rng_file = os.path.join(directory, f"rng-rank{rank}.pt")
+    if os.path.exists(rng_file):  # a checkpoint from another world size has none for new ranks
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     return TrainState(**saved["state"])
 
 

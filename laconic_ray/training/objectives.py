@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from laconic_ray.model.encoder import SparseEncoder, activate, max_pool_logits
+from laconic_ray.model.encoder import POOLING_LAYOUTS, SparseEncoder, activate, max_pool_logits
 from laconic_ray.model.losses import (
     FlopsSchedule,
     LossTerms,
@@ -45,7 +45,14 @@ class AdaptationModel(nn.Module):
         head = self.encoder.lm_head
         bias = getattr(head, "bias", None)
         lm = causal_lm_loss(hidden, head.weight, bias, ids, mask)
-        pooled = max_pool_logits(hidden, head.weight, bias, pool, self.encoder.vocab_chunk)
+        pooled = max_pool_logits(
+            hidden,
+            head.weight,
+            bias,
+            pool,
+            self.encoder.vocab_chunk,
+            POOLING_LAYOUTS[self.encoder.pooling_layout],
+        )
         return lm, saturation_loss(pooled, ids, mask), activate(pooled, self.encoder.settings.logit_bias)
 
 

@@ -7,11 +7,14 @@ Face marks as indivisible, the same list accelerate's FSDP auto-wrap uses), not 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+PRECISIONS = {"bf16": torch.bfloat16, "none": None}
 
 
 def choose_strategy(parallelism: str, device: torch.device, world_size: int) -> str:
@@ -83,3 +86,80 @@ def no_sync(module: nn.Module, active: bool):
 
         return restore()
     return contextlib.nullcontext()
+
+
+def materialize_sharded(
+    module: nn.Module, full_state: dict[str, torch.Tensor] | None, device: torch.device
+) -> None:
+    """Give an FSDP2-sharded module built on the meta device its memory and rank 0's weights.
+
+    Collective. Every rank builds the model on the meta device (parameters without memory, buffers real) and
+    shards it; only rank 0 holds the full state dict (``full_state``; None elsewhere), read once on its host,
+    and ``set_model_state_dict`` broadcasts it tensor by tensor, each rank keeping its shard. Host memory is
+    one copy of the model per node instead of one per GPU (8 x 16 GB for 8B on an 8-GPU node). Buffers are
+    saved before ``to_empty`` (which leaves every tensor uninitialised) and copied back: rotary frequencies
+    are non-persistent, in no state dict.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for name, value in buffers.items():
+            module.get_buffer(name).copy_(value)
+    set_model_state_dict(
+        module,
+        full_state if full_state is not None else {},
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    )
+
+
+def base_digest(encoder: nn.Module) -> float:
+    """A fingerprint of the base (non-adapter) weights: phase N must start where phase N-1 ended."""
+    with torch.no_grad():
+        return sum(
+            float(p.double().abs().sum()) for name, p in encoder.named_parameters() if "lora_" not in name
+        )
+
+
+def build_parallel_model(
+    rebuild: Callable[..., Any],
+    wrapper: Callable[[Any], nn.Module],
+    strategy: str,
+    device: torch.device,
+    rank: int,
+    *,
+    lora: dict[str, Any] | None = None,
+    mixed_precision: str = "bf16",
+    gradient_checkpointing: bool = False,
+) -> tuple[nn.Module, Any, float | None]:
+    """The model a training worker steps: ``rebuild(device=None|"meta")`` gives the phase's initial
+    SparseEncoder; fresh LoRA adapters (``lora``), gradient checkpointing, the objective's ``wrapper``, then
+    the data-parallel ``strategy``. Returns ``(model, encoder, digest)``, the digest of the initial base
+    weights on the rank that read them (rank 0 under FSDP, every rank otherwise; None elsewhere).
+
+    Under FSDP only rank 0 reads the weights and every rank builds on the meta device
+    (:func:`materialize_sharded`); rank 0 adds its adapters before taking the state, so that every rank
+    starts from rank 0's adapter initialisation.
+    """
+    sharded_init = strategy == "fsdp"
+    full_state, digest = None, None
+    if sharded_init and rank == 0:
+        full = rebuild()
+        if lora:
+            full.add_lora(**lora)
+        digest = base_digest(full)
+        full_state = wrapper(full).state_dict()
+        del full
+    encoder = rebuild(device="meta") if sharded_init else rebuild()
+    if lora:
+        encoder.add_lora(**lora)
+    if not sharded_init:
+        digest = base_digest(encoder)
+    if gradient_checkpointing:
+        encoder.enable_gradient_checkpointing()
+    module = wrapper(encoder)
+    model = wrap(module if sharded_init else module.to(device), strategy, device, mixed_precision)
+    if sharded_init:
+        materialize_sharded(model, full_state, device)
+    return model, encoder, digest

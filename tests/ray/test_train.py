@@ -12,8 +12,9 @@ import scipy.sparse as sp
 from laconic_ray import storage
 from laconic_ray.config import MineConfig, TrainConfig, load_config
 from laconic_ray.data.mining import run_mine
-from laconic_ray.distributed.train import FAULT_ENV, _digest, run_train
+from laconic_ray.distributed.train import FAULT_ENV, run_train
 from laconic_ray.model import SparseEncoder
+from laconic_ray.training.parallel import base_digest as _digest
 
 SMALL = [
     "model.architecture.hidden_size=32",

@@ -15,3 +15,12 @@ def test_worker_env_forwards_endpoints_not_secrets(monkeypatch):
     assert env["LACONIC_DATA"] == "/data" and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert env["AWS_REGION"] == "eu-west-1"
     assert "do-not-ship" not in env.values()
+
+
+def test_hub_settings_travel_but_not_the_token(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    env = worker_env()["env_vars"]
+    assert env["HF_ENDPOINT"] == "https://hf-mirror.example" and env["HF_HUB_OFFLINE"] == "1"
+    assert "HF_TOKEN" not in env

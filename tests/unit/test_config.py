@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from laconic_ray.config import ConfigError, StorageConfig, check, load_config, to_yaml
+from laconic_ray.config import ConfigError, StorageConfig, TrainConfig, check, load_config, to_yaml
 
 
 @dataclasses.dataclass
@@ -117,3 +117,19 @@ def test_nested_base_is_merged_under_its_key(tmp_path):
     path = write(tmp_path, "outer.yaml", "name: nested\ninner:\n  _base_: model/inner.yaml\n  steps: 9\n")
     cfg = load_config(Outer, path)
     assert (cfg.name, cfg.inner.lr, cfg.inner.steps) == ("nested", 0.25, 9)
+
+
+def test_precision_settings_that_would_train_wrongly_are_refused():
+    base = ["output=/tmp/x", "phase1.data=/d1", "phase2.data=/d2"]
+    with pytest.raises(ConfigError, match="mixed_precision: must be bf16 or none"):
+        load_config(TrainConfig, "conf/train/tiny.yaml", [*base, "mixed_precision=fp16"])
+    with pytest.raises(
+        ConfigError, match=r"phase1\.lora\.enabled: false trains every weight.*model\.dtype=float32"
+    ):
+        load_config(TrainConfig, "conf/train/tiny.yaml", [*base, "model.dtype=bfloat16"])
+    # LoRA over bf16 base weights (the GPU presets) is fine: adapters are float32
+    load_config(
+        TrainConfig,
+        "conf/train/tiny.yaml",
+        [*base, "model.dtype=bfloat16", "phase1.lora.enabled=true", "phase2.lora.enabled=true"],
+    )

@@ -316,3 +316,28 @@ def test_saved_models_carry_a_weights_digest_that_indexes_are_matched_by(tmp_pat
     with pytest.raises(ModelMismatchError, match="vocabulary of 128256 ids, the query model 30522"):
         check_query_model({**metadata, "vocab_size": 128256}, loaded, "idx", strict=False)
     check_query_model({"vocab_size": 30522}, loaded, "idx")  # an index without a model id: vocabulary only
+
+
+def test_a_peft_adapter_folder_loads_onto_its_base(tmp_path):
+    base_dir = str(tmp_path / "base")
+    tiny_encoder(seed=2).save_pretrained(base_dir)
+    tuned = SparseEncoder.from_pretrained(base_dir)
+    tuned.add_lora(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    tuned.model.save_pretrained(str(tmp_path / "adapter"))  # adapter_config.json + adapter weights only
+    assert not (tmp_path / "adapter" / "config.json").exists()
+    loaded = SparseEncoder.from_pretrained(str(tmp_path / "adapter"))
+    assert not loaded.has_lora  # applied and merged
+    texts = ["aspirin and heart attacks", "cells divide"]
+    np.testing.assert_allclose(
+        loaded.encode_documents(texts).toarray(), tuned.encode_documents(texts).toarray(), atol=1e-5
+    )
+
+
+def test_loading_an_unreachable_hub_id_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"gated repo .* HF_TOKEN here, and on Ray workers in the nodes' own"):
+        SparseEncoder.from_pretrained("meta-llama/Llama-3.2-1B")
