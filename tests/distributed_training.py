@@ -32,6 +32,8 @@ class Run:
     pooling_layout: str = "dense"  # the GPU layout, forced on
     gradient_checkpointing: bool = True
     lora: tuple = (8, 16, 0.1)  # r, alpha, dropout
+    targets: tuple = ("q_proj", "v_proj", "up_proj")
+    long_texts: bool = False  # texts that fill query/passage_max_length (memory measurements)
     steps: int = 4
     accumulation: int = 2
     micro_batch: int = 2
@@ -40,6 +42,7 @@ class Run:
     stop_after: int | None = None  # raise after this optimizer step's checkpoint (a worker killed)
     resume_from: str | None = None
     grads_only: bool = False  # one micro-step: save the gradients, nothing else
+    profile_memory: bool = False  # one micro-step and optimizer step under torch's memory profiler (rank 0)
     export: bool = False
     vocab_chunk: int = 4096
     query_max_length: int = 16
@@ -60,9 +63,21 @@ def spawn(run: Run, world: int = 2) -> None:
     mp.spawn(_main, args=(world, free_port(), run), nprocs=world, join=True)
 
 
-def examples(rank: int, n: int, group_size: int) -> dict[str, Any]:
-    """Deterministic example rows for one rank: ``n`` queries with a positive and negatives each."""
+def examples(rank: int, n: int, group_size: int, long: bool = False) -> dict[str, Any]:
+    """Deterministic example rows for one rank: ``n`` queries with a positive and negatives each (``long``:
+    texts of a few hundred words, so that every text is cut at its max length)."""
     rows = [rank * 1000 + i for i in range(n)]
+    if long:
+        filler = " ".join(f"word{j} topic{j % 17}" for j in range(300))
+        return {
+            "query_id": np.array([f"q{r}" for r in rows], dtype=object),
+            "positive_id": np.array([f"p{r}" for r in rows], dtype=object),
+            "query": np.array([f"query {r} {filler}" for r in rows], dtype=object),
+            "positive": np.array([f"positive {r} {filler}" for r in rows], dtype=object),
+            "negatives": np.array(
+                [[f"negative {r} {j} {filler}" for j in range(1, group_size)] for r in rows], dtype=object
+            ),
+        }
     return {
         "query_id": np.array([f"q{r}" for r in rows], dtype=object),
         "positive_id": np.array([f"p{r}" for r in rows], dtype=object),
@@ -118,7 +133,7 @@ def _train(rank: int, run: Run) -> None:
         )
 
     r, alpha, dropout = run.lora
-    lora = {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": ["q_proj", "v_proj", "up_proj"]}
+    lora = {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": list(run.targets)}
     model, encoder, _ = build_parallel_model(
         rebuild,
         DualEncoder,
@@ -129,6 +144,10 @@ def _train(rank: int, run: Run) -> None:
         mixed_precision=run.mixed_precision,
         gradient_checkpointing=run.gradient_checkpointing,
     )
+    if rank == 0:  # a tied LM head must stay the embeddings' parameter through meta init and sharding
+        lm = encoder.causal_lm
+        with open(os.path.join(run.out, f"{run.tag}-tied.txt"), "w") as f:
+            f.write(str(lm.get_output_embeddings().weight is lm.get_input_embeddings().weight))
     batcher = ExampleBatcher(
         encoder.tokenizer,
         TextFormat(query_max_length=run.query_max_length, passage_max_length=run.passage_max_length),
@@ -136,7 +155,7 @@ def _train(rank: int, run: Run) -> None:
         run.group_size,
     )
     per_epoch = run.steps * run.accumulation
-    rows = examples(rank, per_epoch * run.micro_batch, run.group_size)
+    rows = examples(rank, per_epoch * run.micro_batch, run.group_size, long=run.long_texts)
     micro = [
         batcher({k: v[i * run.micro_batch : (i + 1) * run.micro_batch] for k, v in rows.items()})
         for i in range(per_epoch)
@@ -157,6 +176,9 @@ def _train(rank: int, run: Run) -> None:
         return
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = build_scheduler(optimizer, run.steps, 0.25)
+    if run.profile_memory:
+        _profile_step(rank, run, model, objective, micro[0], optimizer)
+        return
     state = TrainState()
     if run.resume_from:
         state = load_checkpoint(run.resume_from, model, optimizer, scheduler, rank)
@@ -203,3 +225,47 @@ def _train(rank: int, run: Run) -> None:
         )
         if rank == 0:
             torch.save(probes, os.path.join(run.out, f"{run.tag}-probes.pt"))
+
+
+def _profile_step(rank, run, model, objective, batch, optimizer) -> None:
+    """One micro-step and optimizer step under torch's memory profiler; rank 0 writes, per memory category
+    (parameter, gradient, optimizer state, activation, temporary, ...), the bytes live at the step's peak
+    and the category's own peak, and the peak of all live tensor bytes (``{tag}-memory.json``)."""
+    import json
+
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline
+
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        loss, metrics = objective(model, batch, 0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if rank != 0:
+        return
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    names = ["unknown"] + [c.name.lower() if c else "unknown" for c in _CATEGORY_TO_INDEX]
+    totals = [sum(row) for row in sizes]
+    at = max(range(len(totals)), key=totals.__getitem__)
+    at_peak: dict[str, int] = {}
+    own_peak: dict[str, int] = {}
+    for i, name in enumerate(names):
+        at_peak[name] = at_peak.get(name, 0) + sizes[at][i]
+        own_peak[name] = max(own_peak.get(name, 0), max(row[i] for row in sizes))
+    report = {
+        "peak_bytes": totals[at],
+        "at_peak": at_peak,
+        "category_peaks": own_peak,
+        "active_share": float(metrics.get("nnz_passage", 0.0)) / model_vocab(model),
+        "metrics": metrics,
+    }
+    with open(os.path.join(run.out, f"{run.tag}-memory.json"), "w") as f:
+        json.dump(report, f)
+
+
+def model_vocab(model) -> int:
+    from laconic_ray.training.parallel import unwrap
+
+    return unwrap(model).encoder.vocab_size

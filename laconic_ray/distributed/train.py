@@ -344,6 +344,10 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         "history": history,
         "initial_digest": initial,
         "probes": probes,
+        # the allocator's peak on this rank's GPU over the phase (what `laconic plan` estimates)
+        "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 1024**3, 2)
+        if device.type == "cuda"
+        else None,
     }
 
 

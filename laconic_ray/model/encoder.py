@@ -547,18 +547,24 @@ class SparseEncoder(nn.Module):
 
     # ----------------------------------------------------------------------------------------- save/load
 
-    def save_pretrained(self, uri: str | os.PathLike, options: storage.StorageOptions | None = None) -> str:
-        """HF weights (safetensors) + tokenizer + ``laconic.json`` (written last) to a local dir or ``s3://``."""
+    def save_pretrained(
+        self,
+        uri: str | os.PathLike,
+        options: storage.StorageOptions | None = None,
+        max_shard_size: str = "5GB",
+    ) -> str:
+        """HF weights (safetensors, in files of at most ``max_shard_size`` with an index, as the hub's) +
+        tokenizer + ``laconic.json`` (written last) to a local dir or ``s3://``."""
         if self.has_lora:
             raise RuntimeError("save_pretrained needs merged weights: call merge_lora() first")
         uri = os.fspath(uri)
         if storage.is_remote(uri):
             with tempfile.TemporaryDirectory() as tmp:
-                self.save_pretrained(tmp)
+                self.save_pretrained(tmp, max_shard_size=max_shard_size)
                 storage.upload_dir(tmp, uri, options, last=LACONIC_FILE)
             return uri
         os.makedirs(uri, exist_ok=True)
-        self.causal_lm.save_pretrained(uri, safe_serialization=True)
+        self.causal_lm.save_pretrained(uri, safe_serialization=True, max_shard_size=max_shard_size)
         self.tokenizer.save_pretrained(uri)
         self.model_id = weights_digest(uri)
         extra = {
@@ -724,9 +730,11 @@ def _empty_model(config: Any, dtype: str | torch.dtype | None, attn_implementati
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(
+        model = AutoModelForCausalLM.from_config(
             config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
         )
+    model.tie_weights()  # the empty-weights context replaced the tied parameter by two meta ones
+    return model
 
 
 def build_hf_config(config: Any):

@@ -98,12 +98,26 @@ def materialize_sharded(
     and ``set_model_state_dict`` broadcasts it tensor by tensor, each rank keeping its shard. Host memory is
     one copy of the model per node instead of one per GPU (8 x 16 GB for 8B on an 8-GPU node). Buffers are
     saved before ``to_empty`` (which leaves every tensor uninitialised) and copied back: rotary frequencies
-    are non-persistent, in no state dict.
+    are non-persistent, in no state dict. Tied parameters must be one object before sharding (the meta
+    builder re-ties them: see model/encoder._empty_model), else each owner gets a shard of its own.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    places: dict[
+        int, list[tuple[nn.Module, str]]
+    ] = {}  # a tied parameter (embeddings = LM head) is one object
+    for owner in module.modules():
+        for name, param in owner._parameters.items():
+            if param is not None:
+                places.setdefault(id(param), []).append((owner, name))
     module.to_empty(device=device)
+    for (
+        shared
+    ) in places.values():  # to_empty gave each owner its own copy: tie them again (one shard, not two)
+        first = shared[0][0]._parameters[shared[0][1]]
+        for owner, name in shared[1:]:
+            owner._parameters[name] = first
     with torch.no_grad():
         for name, value in buffers.items():
             module.get_buffer(name).copy_(value)

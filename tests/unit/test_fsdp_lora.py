@@ -27,6 +27,7 @@ def model_dir(tmp_path_factory):
 def test_fsdp2_lora_bf16_gradients_match_ddp(model_dir, tmp_path):
     for strategy in ("ddp", "fsdp"):  # no LoRA dropout: the two builds draw random numbers differently
         spawn(Run(model_dir, str(tmp_path), strategy, strategy=strategy, grads_only=True, lora=(8, 16, 0.0)))
+    assert (tmp_path / "fsdp-tied.txt").read_text() == "True"  # one shard of the tied embeddings, not two
     ddp = torch.load(tmp_path / "ddp-grads.pt", weights_only=True)
     fsdp = torch.load(tmp_path / "fsdp-grads.pt", weights_only=True)
     assert ddp.keys() == fsdp.keys() and all("lora_" in k for k in ddp)  # only adapters train
