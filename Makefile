@@ -3,12 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# Our machines keep the test collections and tokenizers in ../shared (or /work/shared for a clone elsewhere);
-# on yours, point LACONIC_DATA at your BEIR collections.
-SHARED := $(firstword $(wildcard $(abspath $(CURDIR)/../shared) /work/shared))
-LACONIC_DATA ?= $(if $(SHARED),$(SHARED)/datasets,)
-LACONIC_TOKENIZERS ?= $(if $(SHARED),$(SHARED)/tokenizers,)
-export LACONIC_DATA LACONIC_TOKENIZERS
+# Collections come from $LACONIC_DATA (a folder of BEIR collections); without it the quickstart downloads
+# SciFact from BEIR's public archive.
 # A local wheel folder (the CPU torch build on our machines) when there is one.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PYTEST_ARGS ?=

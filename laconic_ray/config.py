@@ -143,7 +143,78 @@ def load_config(schema: type[T], path: str | None = None, overrides: Sequence[st
     except OmegaConfBaseException as e:
         raise _explain(e, schema, path or "config") from None
     validate_tree(obj)
+    resolve_paths(obj, os.path.dirname(os.path.abspath(path)) if path else os.getcwd())
     return obj  # type: ignore[return-value]
+
+
+# Config fields that name files or folders. Relative local paths are made absolute once, here on the driver,
+# before a config is shipped to Ray workers (which run in other working directories): outputs always, inputs
+# when they exist (else the value is a hub id, a BEIR collection name or a URI, resolved later).
+PATH_FIELDS = {
+    "name_or_path", "tokenizer", "model", "corpus", "dataset", "data", "data_root", "input", "index",
+    "run", "baseline", "pairs", "output", "trace_dir", "index_cache",
+}  # fmt: skip
+OUTPUT_FIELDS = {"output", "trace_dir", "index_cache"}
+FILE_RELATIVE_FIELDS = {"config"}  # a regression condition's stage config: relative to the matrix's file
+
+
+def _absolute(value: str, output: bool) -> str:
+    if not value or "://" in value or value.startswith("laconic:"):
+        return value
+    path = os.path.expanduser(value)
+    return os.path.abspath(path) if output or os.path.exists(path) else value
+
+
+def resolve_paths(obj: Any, config_dir: str) -> None:
+    """Make every relative local path in a loaded config absolute (see ``PATH_FIELDS``), recursively;
+    ``FILE_RELATIVE_FIELDS`` against the YAML file's folder, like ``_base_``."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            resolve_paths(value, config_dir)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for item in value:
+                resolve_paths(item, config_dir)
+        elif f.name in FILE_RELATIVE_FIELDS and isinstance(value, str) and value and not os.path.isabs(value):
+            setattr(obj, f.name, os.path.normpath(os.path.join(config_dir, value)))
+        elif f.name in PATH_FIELDS and isinstance(value, str):
+            setattr(obj, f.name, _absolute(value, f.name in OUTPUT_FIELDS))
+        elif f.name in PATH_FIELDS and isinstance(value, list):
+            setattr(obj, f.name, [_absolute(v, False) if isinstance(v, str) else v for v in value])
+
+
+def describe_schema(schema: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, default, one-line doc)`` of every field of a schema, nested dataclasses included; the
+    doc is the field's comment in this file (what ``laconic <stage> --help`` lists)."""
+    import inspect
+    import re
+
+    comments: dict[str, str] = {}
+    try:
+        lines = inspect.getsource(schema).splitlines()
+    except (OSError, TypeError):
+        lines = []
+    pending: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# "))
+            continue
+        match = re.match(r"\s+(\w+): [^#]+?(?:#\s*(.*))?$", line)
+        if match:
+            comments[match.group(1)] = match.group(2) or " ".join(pending)
+        pending = []
+    rows = []
+    for f in dataclasses.fields(schema):
+        factory = f.default_factory
+        default = factory() if factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            rows += describe_schema(type(default), f"{prefix}{f.name}.")
+            continue
+        rows.append((f"{prefix}{f.name}", repr(default), comments.get(f.name, "")))
+    return rows
 
 
 def to_yaml(obj: Any) -> str:
@@ -683,7 +754,7 @@ class Condition:
 
     name: str = ""
     stage: str = "eval"  # any laconic stage whose summary carries "metrics"
-    config: str = "conf/eval.yaml"
+    config: str = "../eval.yaml"  # the stage's YAML, relative to the matrix's file (as `_base_` is)
     overrides: list[str] = dataclasses.field(default_factory=list)
     expected: dict[str, float] = dataclasses.field(default_factory=dict)
     ok: float = 0.003  # |actual - expected| <= ok: OK

@@ -297,13 +297,14 @@ def _http_latency(config: ServeConfig, queries: list[dict]) -> dict[str, float]:
 
 def write_report(out: str, summary: dict[str, Any], trained: dict[str, Any]) -> None:
     """report.md and PNG figures: loss and nnz over training, nDCG@10 by model, serving latency."""
+    from laconic_ray.distributed.train import read_history
     from laconic_ray.eval.plots import plot_bars, plot_series
 
     figures = Path(out, "report")
     figures.mkdir(parents=True, exist_ok=True)
     losses, nnz = {}, {}
     for phase in trained["phases"]:
-        history = phase.get("worker", {}).get("history", [])
+        history = read_history(phase["history"]) if phase.get("history") else []
         name = f"phase {phase['phase']}"
         losses[name] = [(h["step"], h["loss"]) for h in history if "loss" in h]
         nnz[f"{name} queries"] = [(h["step"], h["nnz_query"]) for h in history if "nnz_query" in h]

@@ -377,7 +377,14 @@ def read_manifest(
     """
     uri = join(folder_uri, MANIFEST_NAME)
     if not exists(uri, options):
-        raise StorageError(f"{folder_uri}: no {MANIFEST_NAME}; the job that writes it has not finished")
+        if not exists(folder_uri, options):
+            raise StorageError(
+                f"{folder_uri}: does not exist (check the path, or run the stage that writes it)"
+            )
+        raise StorageError(
+            f"{folder_uri}: no {MANIFEST_NAME}: the job that writes it has not finished (rerun it to complete it), "
+            "or this folder is not a laconic_ray output"
+        )
     manifest = Manifest.from_json(read_bytes(uri, options).decode(), source=uri)
     if kind is not None and manifest.kind != kind:
         raise StorageError(f"{uri}: holds a {manifest.kind!r} dataset, expected {kind!r}")

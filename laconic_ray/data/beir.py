@@ -73,8 +73,8 @@ def data_root(configured: str | None = None) -> str:
     root = configured or os.environ.get(DATA_ENV)
     if not root:
         raise FileNotFoundError(
-            f"no data root: set {DATA_ENV} to the folder holding BEIR collections (e.g. ../shared/datasets) "
-            "or give dataset as a path/URI"
+            f"no data root: set {DATA_ENV} to the folder holding your BEIR collections (each a folder with "
+            "corpus.jsonl, queries.jsonl, qrels/), or give dataset as a path or s3:// URI"
         )
     return root
 
@@ -310,7 +310,12 @@ class BeirDataset:
         self.on_error = on_error
         self.rejects = Rejects()
         if not storage.exists(self.root, options):
-            raise FileNotFoundError(f"{self.root}: dataset folder not found")
+            where = (
+                ""
+                if data_root_dir or storage.is_remote(self.root) or os.path.isabs(root)
+                else (f" (a bare name is looked up under ${DATA_ENV})")
+            )
+            raise FileNotFoundError(f"dataset: {self.root}: not found{where}")
 
     @property
     def name(self) -> str:

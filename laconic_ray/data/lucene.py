@@ -93,9 +93,20 @@ def _placeholder_openai_key() -> Iterator[None]:
 _READY = False
 
 
+class BM25Unavailable(RuntimeError):
+    """pyserini (the `bm25` extra) or a suitable JDK is missing."""
+
+
 def import_pyserini():
     """Configure Java and import pyserini's Lucene classes; returns the ``pyserini.search.lucene`` module."""
     global _READY
+    import importlib.util
+
+    if importlib.util.find_spec("pyserini") is None:
+        raise BM25Unavailable(
+            "BM25 needs pyserini and a JDK 21+, which a plain `pip install laconic_ray` leaves out: "
+            "pip install 'laconic_ray[bm25]' (retriever=bm25, mining hard negatives, the quickstart's baseline)"
+        )
     if not _READY:
         home = find_java_home()
         os.environ["JAVA_HOME"] = home
@@ -111,6 +122,9 @@ def corpus_fingerprint(dataset: BeirDataset) -> str:
     info = fs.info(path)
     key = f"{dataset.root}|{info.get('size')}|{info.get('mtime', info.get('LastModified', ''))}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+SEARCH_CHUNK = 1000  # queries per pyserini batch: the progress line's step (a batch is seconds of work)
 
 
 def default_cache() -> Path:
@@ -196,10 +210,23 @@ class BM25:
     def batch_search(
         self, queries: Sequence[str], qids: Sequence[str], k: int
     ) -> dict[str, list[tuple[str, float]]]:
-        hits = self.searcher.batch_search(
-            list(queries), list(qids), k=k, threads=self.threads, fields=self.fields
-        )
-        return {qid: [(h.docid, float(h.score)) for h in hits.get(qid, [])] for qid in qids}
+        from laconic_ray.progress import Progress
+
+        out: dict[str, list[tuple[str, float]]] = {}
+        queries, qids = list(queries), list(qids)
+        with Progress(total=len(qids), what="queries", desc="bm25") as progress:
+            for start in range(0, len(qids), SEARCH_CHUNK):
+                chunk = qids[start : start + SEARCH_CHUNK]
+                hits = self.searcher.batch_search(
+                    queries[start : start + SEARCH_CHUNK],
+                    chunk,
+                    k=k,
+                    threads=self.threads,
+                    fields=self.fields,
+                )
+                out.update({qid: [(h.docid, float(h.score)) for h in hits.get(qid, [])] for qid in chunk})
+                progress.update(len(chunk))
+        return out
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         return [(h.docid, float(h.score)) for h in self.searcher.search(query, k=k, fields=self.fields)]

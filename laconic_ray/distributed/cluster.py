@@ -50,6 +50,9 @@ def task_env() -> dict | None:
     return None if all(job.get(k) == v for k, v in env["env_vars"].items()) else env
 
 
+# set by Ray's job manager in the environment of a submitted job's driver (ray/_private/runtime_env/constants.py)
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
 # Ray Train's controller polls workers every 2 s by default, and a worker's report waits for the poll: with
 # reports every few seconds that is a large share of a step. Local clusters poll faster.
 LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
@@ -66,6 +69,10 @@ def ensure_ray(config: RayConfig) -> None:
     runtime_env = worker_env()
     address = config.address or os.environ.get("RAY_ADDRESS")  # set for drivers of `ray job submit`
     if address:
+        if os.environ.get(JOB_CONFIG_ENV):
+            # the driver of a submitted job: the job's runtime env already reaches every worker (and put its
+            # variables in this environment); declaring them again is a conflict Ray refuses
+            runtime_env = None
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, configure_logging=False)
         return

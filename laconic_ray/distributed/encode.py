@@ -24,6 +24,7 @@ from laconic_ray.config import EncodeConfig
 from laconic_ray.data.beir import resolve_dataset
 from laconic_ray.data.shards import Shard, plan_shards
 from laconic_ray.distributed.cluster import ensure_ray, task_env
+from laconic_ray.distributed.resources import ResourceError, size_for_cluster
 from laconic_ray.encoding import (
     EncodeSettings,
     ShardEncoder,
@@ -34,6 +35,8 @@ from laconic_ray.encoding import (
     read_stage,
     write_or_check_plan,
 )
+from laconic_ray.model.encoder import check_model_source
+from laconic_ray.progress import Progress
 from laconic_ray.storage import read_manifest
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,8 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     options = config.storage.options()
     corpus = resolve_dataset(config.corpus, config.data_root)
     state = output_state(config.output, options)
+    if state != "complete" or config.overwrite:  # before any cluster starts: a wrong model is one line
+        check_model_source(config.model, options)
     if state == "complete" and not config.overwrite:
         manifest = read_manifest(config.output, options)
         log.info(
@@ -123,7 +128,8 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     if pending:
         ensure_ray(config.ray)
-        records = _run_pipeline(config, settings, pending)
+        config = _sized(config)
+        records = _run_pipeline(config, settings_from(config, corpus), pending)
     manifest = finalize(config.output, len(shards), settings, options)
     seconds = time.perf_counter() - started
     encoded_docs = sum(r["entry"]["rows"] for r in records)
@@ -142,10 +148,27 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     }
 
 
+def _sized(config: EncodeConfig) -> EncodeConfig:
+    """The encoder actors' CPUs fitted to the cluster (resources.py); GPUs asked of a cluster without them
+    are refused at once instead of waited for."""
+    if config.num_gpus_per_actor > 0:
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        if gpus < config.num_gpus_per_actor:
+            raise ResourceError(
+                f"num_gpus_per_actor={config.num_gpus_per_actor:g} but the cluster has {gpus:g} GPUs: set "
+                "num_gpus_per_actor=0 to encode on CPUs, or connect to a GPU cluster (ray.address=...)"
+            )
+    each = size_for_cluster(
+        {"encoder actors": (config.num_actors, config.num_cpus_per_actor)}, "num_actors or num_cpus_per_actor"
+    )["encoder actors"]
+    return dataclasses.replace(config, num_cpus_per_actor=each)
+
+
 def _run_pipeline(
     config: EncodeConfig, settings: EncodeSettings, pending: list[Shard]
 ) -> list[dict[str, Any]]:
     ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # "Total Progress 0/?" per operator; Progress below has the ETA
     # a shard must travel as one block; keep Ray Data from slicing it (shards are bounded by shard_bytes)
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 8 * config.shard_bytes)
     runtime_env = task_env()
@@ -183,20 +206,13 @@ def _run_pipeline(
             max_task_retries=config.max_retries,
         )
     records = []
-    docs = 0
-    started = time.perf_counter()
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for text in batch.column("record").to_pylist():
-            record = json.loads(text)
-            records.append(record)
-            docs += record["entry"]["rows"]
-            log.info(
-                "shard %d done (%d/%d): %d docs, %d rejects; %.1f docs/s so far",
-                record["shard"],
-                len(records),
-                len(pending),
-                record["entry"]["rows"],
-                record["rejects"],
-                docs / max(time.perf_counter() - started, 1e-9),
-            )
+    with Progress(total=sum(s.end - s.start for s in pending), what="bytes", desc="encode") as progress:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for text in batch.column("record").to_pylist():
+                record = json.loads(text)
+                records.append(record)
+                shard = next(s for s in pending if s.shard == record["shard"])
+                progress.update(
+                    shard.end - shard.start, docs=record["entry"]["rows"], rejects=record["rejects"]
+                )
     return records

@@ -30,6 +30,7 @@ from laconic_ray.index.partition import (
     stage_part,
     write_index_manifest,
 )
+from laconic_ray.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,10 @@ def run_index(config: IndexConfig) -> dict[str, Any]:
         for shard in range(config.num_shards)
     ]
     shards = []
-    for ref in builds:  # in order; each result logs as it lands
-        shards.append(ray.get(ref))
-        log.info(
-            "built %s: %d docs, %d postings", shards[-1]["path"], shards[-1]["docs"], shards[-1]["postings"]
-        )
+    with Progress(total=len(builds), what="shards", desc="index") as progress:
+        for ref in builds:  # in order
+            shards.append(ray.get(ref))
+            progress.update(1, docs=shards[-1]["docs"])
     manifest = write_index_manifest(
         config.output,
         shards,

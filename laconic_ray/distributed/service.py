@@ -7,6 +7,7 @@ summary is printed when it stops). ``search`` asks a running service over HTTP w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -16,10 +17,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from laconic_ray.config import ServeConfig
+from laconic_ray.config import ConfigError, ServeConfig
 from laconic_ray.distributed.cluster import ensure_ray
+from laconic_ray.distributed.resources import size_for_cluster
 from laconic_ray.distributed.serving import ShardedSearcher
 from laconic_ray.index.partition import manifest_digest, read_index_manifest
+from laconic_ray.model.encoder import check_model_source
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +62,11 @@ def run_serve(
 
     from laconic_ray.distributed.http import DIRECT_INGRESS_ENV, deploy, replica_urls
 
+    shards = preflight(config)
     if config.direct_ingress:  # read by Serve's processes when they start: before Ray does, if it starts here
         os.environ.update(DIRECT_INGRESS_ENV)
     ensure_ray(config.ray)
+    config = sized(config, shards, http=True)
     started = time.perf_counter()
     searcher = searcher_from(config, name=config.name)
     deployed = False
@@ -100,6 +105,28 @@ def run_serve(
     }
 
 
+def preflight(config: ServeConfig) -> int:
+    """What can be checked before a cluster starts: the index is finished, the model is loadable. Returns
+    the index's shard count."""
+    manifest = read_index_manifest(config.index, config.storage.options())
+    if config.model:
+        check_model_source(config.model, config.storage.options())
+    return len(manifest.files)
+
+
+def sized(config: ServeConfig, shards: int, http: bool) -> ServeConfig:
+    """Shard actors' (and HTTP replicas') CPUs fitted to the cluster: see resources.py."""
+    groups = {"shard actors": (shards * config.replicas, config.num_cpus_per_shard)}
+    if http:
+        groups["HTTP replicas"] = (config.http_replicas, config.http_cpus)
+    sizes = size_for_cluster(groups, "num_cpus_per_shard" + (", http_cpus" if http else "") + " or replicas")
+    return dataclasses.replace(
+        config,
+        num_cpus_per_shard=sizes["shard actors"],
+        http_cpus=sizes.get("HTTP replicas", config.http_cpus),
+    )
+
+
 def _http(config: ServeConfig, path: str, body: dict | None = None, timeout: float = 30.0) -> dict[str, Any]:
     url = f"http://{config.host}:{config.port}{path}"
     data = json.dumps(body).encode() if body is not None else None
@@ -129,8 +156,14 @@ def run_search(config: ServeConfig) -> dict[str, Any]:
         log.info("asking the service at %s:%d", config.host, config.port)
         result = _http(config, "/search", {"query": config.query, "k": config.k})
         return {"query": config.query, "via": "http", **result}
+    if not config.model:
+        raise ConfigError(
+            "model: laconic search needs model=<checkpoint> to encode the query text (no service answers at "
+            f"{config.host}:{config.port} to do it)"
+        )
+    shards = preflight(config)
     ensure_ray(config.ray)
-    searcher = searcher_from(config)
+    searcher = searcher_from(sized(config, shards, http=False))
     try:
         started = time.perf_counter()
         result = searcher.search(config.query, config.k).as_dict()

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from laconic_ray.distributed.channel import Channel, ChannelClosed, ChannelServer
 from laconic_ray.distributed.requests import MicroBatcher, check_search_args, rows_to_csr, vector_row
+from laconic_ray.distributed.resources import size_for_cluster
 from laconic_ray.index.inverted import InvertedIndex, QueryError
 from laconic_ray.index.merge import merge_topk
 from laconic_ray.index.partition import manifest_digest, read_index_manifest, shard_name
@@ -285,6 +286,11 @@ class ShardedSearcher:
         attach: bool,
     ) -> None:
         """Create (or find) every shard actor and wait until each has loaded its shard, within the deadline."""
+        if not attach:  # fitted to a local cluster, refused at once on a remote one that cannot hold them
+            num_cpus = size_for_cluster(
+                {"shard actors": (self.num_shards * self.replicas, num_cpus)},
+                "num_cpus_per_shard or replicas",
+            )["shard actors"]
         need = _needs(num_cpus, shard_resource)
         if not attach and (why := _unschedulable(need, self.num_shards * self.replicas)):
             raise ShardStartupError(f"{self.index}: {why}")

@@ -451,8 +451,12 @@ def run_phase(config: TrainConfig, index: int) -> dict[str, Any]:
     )
     started = time.perf_counter()
     result = trainer.fit()
-    worker = result.return_value or {}
-    losses = [h["loss"] for h in worker.get("history", []) if "loss" in h]
+    worker = dict(result.return_value or {})
+    history = worker.pop("history", [])
+    losses = [h["loss"] for h in history if "loss" in h]
+    # every logged step, one JSON line each, beside the export (the summary keeps first and last loss only)
+    history_uri = storage.join(config.output, f"phase{index}", "history.jsonl")
+    storage.write_bytes(history_uri, "".join(json.dumps(h) + "\n" for h in history).encode(), options)
     return {
         "phase": index,
         "export": export,
@@ -464,11 +468,24 @@ def run_phase(config: TrainConfig, index: int) -> dict[str, Any]:
         "loss_last": losses[-1] if losses else None,
         "final_metrics": result.metrics,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "history": history_uri,
         "worker": worker,
     }
 
 
+def read_history(uri: str, options: storage.StorageOptions | None = None) -> list[dict[str, Any]]:
+    """A phase's logged steps (``history.jsonl``, written by ``run_phase``)."""
+    return [json.loads(line) for line in storage.read_bytes(uri, options).decode().splitlines() if line]
+
+
 def run_train(config: TrainConfig) -> dict[str, Any]:
+    if config.model.name_or_path:  # before the cluster: a model the driver cannot reach fails in one line
+        from laconic_ray.model.encoder import check_model_source
+
+        check_model_source(config.model.name_or_path, config.storage.options(), key="model.name_or_path")
+    for index in config.phases():  # and every contrastive phase's examples are finished
+        if index > 0:
+            example_files(getattr(config, f"phase{index}").data, config.storage.options())
     ensure_ray(config.ray)
     phases = [run_phase(config, index) for index in config.phases()]
     return {

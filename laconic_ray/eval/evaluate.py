@@ -18,9 +18,12 @@ from laconic_ray.config import EvalConfig
 from laconic_ray.data.beir import BeirDataset, Query
 from laconic_ray.eval.metrics import compare, evaluate
 from laconic_ray.eval.runs import Run, read_run, write_run
+from laconic_ray.progress import Progress
 from laconic_ray.storage import StorageOptions
 
 log = logging.getLogger(__name__)
+
+EVAL_CHUNK = 512  # queries encoded and searched at a time: the progress line's step
 
 
 def bm25_run(
@@ -48,23 +51,28 @@ def laconic_run(config: EvalConfig, queries: list[Query], options: StorageOption
     from laconic_ray.index import InvertedIndex, merge_topk
     from laconic_ray.index.partition import check_query_model, read_index_manifest
     from laconic_ray.model import SparseEncoder
+    from laconic_ray.model.encoder import check_model_source
 
-    texts = [q.text for q in queries]
     if config.service:
         return _service_run(config, queries)
     manifest = read_index_manifest(config.index, options)
+    check_model_source(config.model, options)
     encoder = SparseEncoder.from_pretrained(config.model, options=options)
     check_query_model(manifest.metadata, encoder, config.index, strict=config.check_model)
-    vectors = encoder.encode_queries(texts, batch_size=config.batch_size)
     shards = [InvertedIndex.load(storage.join(config.index, f.path), options=options) for f in manifest.files]
-    partials = [
-        shard.batch_search(vectors, config.k, num_threads=config.threads, mode=config.mode)
-        for shard in shards
-    ]
     run: Run = {}
-    for qi, query in enumerate(queries):
-        ids, scores = merge_topk([p[qi] for p in partials], config.k)
-        run[query.id] = dict(zip(ids, scores.tolist(), strict=True))
+    with Progress(total=len(queries), what="queries", desc="eval") as progress:
+        for start in range(0, len(queries), EVAL_CHUNK):
+            chunk = queries[start : start + EVAL_CHUNK]
+            vectors = encoder.encode_queries([q.text for q in chunk], batch_size=config.batch_size)
+            partials = [
+                shard.batch_search(vectors, config.k, num_threads=config.threads, mode=config.mode)
+                for shard in shards
+            ]
+            for qi, query in enumerate(chunk):
+                ids, scores = merge_topk([p[qi] for p in partials], config.k)
+                run[query.id] = dict(zip(ids, scores.tolist(), strict=True))
+            progress.update(len(chunk))
     return run
 
 

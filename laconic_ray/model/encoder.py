@@ -633,7 +633,7 @@ class SparseEncoder(nn.Module):
         except OSError as e:
             if Path(source).exists():
                 raise
-            raise OSError(
+            raise ModelUnavailable(
                 f"{source}: not a local folder, and the hub did not give it ({' '.join(str(e).split())[:300]}). "
                 "A hub id needs internet or a filled cache (HF_HUB_OFFLINE=1); a gated repo (meta-llama/*) a "
                 "token: HF_TOKEN here, and on Ray workers in the nodes' own environment (runtime envs, which "
@@ -716,6 +716,58 @@ class SparseEncoder(nn.Module):
         if lora:
             encoder.add_lora(**lora)
         return encoder.to(device) if device and not _is_meta(device) else encoder
+
+
+class ModelUnavailable(OSError):
+    """A model named by hub id or path cannot be had from here (offline, gated, misspelt)."""
+
+
+def check_model_source(
+    source: str, options: storage.StorageOptions | None = None, key: str = "model"
+) -> None:
+    """Fail fast, on the driver and before any cluster starts, when ``source`` is no loadable model: a local
+    folder or ``s3://`` prefix must hold ``config.json`` (or a PEFT ``adapter_config.json``); a hub id must be
+    reachable (its ``config.json``, one small request, or the local cache with HF_HUB_OFFLINE=1)."""
+    source = os.fspath(source)
+    if storage.is_remote(source):
+        if not any(storage.exists(storage.join(source, f), options) for f in ("config.json", ADAPTER_FILE)):
+            raise ModelUnavailable(f"{key}: {source} holds no config.json: not a model folder")
+        return
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")) or os.sep + os.sep in source:
+        if not any((path / f).is_file() for f in ("config.json", ADAPTER_FILE)):
+            what = "does not exist" if not path.exists() else "holds no config.json: not a model folder"
+            raise ModelUnavailable(f"{key}: {source} {what}")
+        return
+    try:
+        _hub_config_reachable(source)
+    except Exception as e:
+        raise ModelUnavailable(
+            f"{key}: {source} is no local folder and the hub does not give it ({type(e).__name__}). A hub id "
+            "needs internet or a filled cache (HF_HUB_OFFLINE=1); a gated repo (meta-llama/*) needs HF_TOKEN "
+            "here and in the Ray nodes' own environment (runtime envs, which Ray logs, never carry it)"
+        ) from None
+
+
+def _hub_config_reachable(repo: str, timeout_s: float = 10.0) -> None:
+    """Raise unless ``repo``'s config.json is in the local hub cache or answers one HEAD request (the hub
+    client's own download retries five times with back-off: half a minute offline before saying so)."""
+    import urllib.request
+
+    from huggingface_hub import constants, hf_hub_download
+
+    try:
+        hf_hub_download(repo, "config.json", local_files_only=True)
+        return
+    except Exception:
+        if constants.HF_HUB_OFFLINE:
+            raise
+    request = urllib.request.Request(f"{constants.ENDPOINT}/{repo}/resolve/main/config.json", method="HEAD")
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout_s):
+        pass
 
 
 def _is_meta(device: str | torch.device | None) -> bool:

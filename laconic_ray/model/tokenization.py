@@ -119,14 +119,32 @@ def _is_tiktoken_file(path: Path) -> bool:
     return len(head) == 2 and head[1].isdigit()
 
 
+PACKAGED = "laconic:"  # `laconic:<name>`: a tokenizer shipped in laconic_ray/resources (no download)
+
+
+def packaged_tokenizer(name: str) -> str:
+    """The folder of a tokenizer shipped with the package (``laconic:bert-base-uncased``)."""
+    from importlib.resources import files
+
+    path = files("laconic_ray") / "resources" / name
+    if not path.is_dir():
+        shipped = sorted(p.name for p in (files("laconic_ray") / "resources").iterdir() if p.is_dir())
+        raise ValueError(f"tokenizer {PACKAGED}{name}: not shipped with laconic_ray (shipped: {shipped})")
+    return str(path)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
-    """A tokenizer from a local dir, a hub id, or a bare Llama-3 ``tokenizer.model`` (file or its dir).
+    """A tokenizer from a local dir, a hub id, a bare Llama-3 ``tokenizer.model`` (file or its dir), or
+    ``laconic:<name>`` (shipped with the package: ``laconic:bert-base-uncased``, the tiny preset's).
 
     Returns a fresh copy each call so that callers may change settings without affecting each other.
     """
     import copy
 
-    return copy.deepcopy(_load_cached(str(name_or_path)))
+    name = str(name_or_path)
+    if name.startswith(PACKAGED):
+        name = packaged_tokenizer(name[len(PACKAGED) :])
+    return copy.deepcopy(_load_cached(name))
 
 
 def pad_token_id(tokenizer) -> int:

@@ -141,6 +141,7 @@ def train_phase(
     micro-batch that is applied (tests trace consumption with it); ``history`` collects every logged report.
     """
     model.train()
+    run_started, first_step = time.perf_counter(), state.step  # for the ETA (a resumed run counts from here)
     window: dict[str, float] = {}
     window_micro = 0
     window_tokens = 0
@@ -192,8 +193,11 @@ def train_phase(
                     phase=settings.phase,
                 )
                 if callbacks.rank == 0:
+                    per_step = (time.perf_counter() - run_started) / max(state.step - first_step, 1)
+                    eta = int(per_step * (settings.total_steps - state.step))
                     log.info(
-                        "phase %d step %d/%d loss %.4f rank %.4f nnz q/p %.0f/%.0f lr %.2e %.0f tok/s",
+                        "phase %d step %d/%d loss %.4f rank %.4f nnz q/p %.0f/%.0f lr %.2e %.0f tok/s, "
+                        "%.2f s/step, ETA %d:%02d:%02d",
                         settings.phase,
                         state.step,
                         settings.total_steps,
@@ -203,6 +207,10 @@ def train_phase(
                         report.get("nnz_passage", 0.0),
                         report["lr"],
                         report["tokens_per_s"],
+                        per_step,
+                        eta // 3600,
+                        eta % 3600 // 60,
+                        eta % 60,
                     )
                 if history is not None:
                     history.append(dict(report))

@@ -1,16 +1,39 @@
-"""A shortened quickstart end to end (corpus slice, few steps): every stage runs and every artefact exists."""
+"""A new user's first hour, as they would run it: the `laconic` command from a directory of their own (not the
+checkout), with only LACONIC_DATA set (no LACONIC_TOKENIZERS, no ../shared): a shortened quickstart where
+every stage runs and every artefact exists, then the README's `laconic serve` on a 2-CPU local cluster until
+/health answers, then Ctrl-C."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
+import pytest
+
 from laconic_ray import sparse, storage
-from laconic_ray.config import QuickstartConfig, load_config
-from laconic_ray.distributed.http import serve_running
 from laconic_ray.model import SparseEncoder
-from laconic_ray.quickstart import run_quickstart
+
+SHORT = [
+    "corpus_limit=300",
+    "query_limit=40",
+    "weak_pairs=512",
+    "train.phase1.steps=4",
+    "train.phase2.steps=2",
+    "train.checkpoint_every=2",
+    "train.phase1.micro_batch_queries=8",
+    "train.phase1.queries_per_step=16",
+    "train.phase2.micro_batch_queries=2",
+    "train.phase2.queries_per_step=4",
+    "train.phase1.passage_max_length=64",
+    "train.phase2.passage_max_length=64",
+]
 
 
 def _free_port() -> int:
@@ -19,29 +42,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_shortened_quickstart_produces_every_artefact(ray_session, tmp_path, data_root):
-    out = tmp_path / "qs"
-    config = load_config(
-        QuickstartConfig,
-        "conf/quickstart.yaml",
-        [
-            f"output={out}",
-            "corpus_limit=300",
-            "query_limit=40",
-            "weak_pairs=512",
-            f"port={_free_port()}",
-            "train.phase1.steps=4",
-            "train.phase2.steps=2",
-            "train.checkpoint_every=2",
-            "train.phase1.micro_batch_queries=8",
-            "train.phase1.queries_per_step=16",
-            "train.phase2.micro_batch_queries=2",
-            "train.phase2.queries_per_step=4",
-            "train.phase1.passage_max_length=64",
-            "train.phase2.passage_max_length=64",
-        ],
+@pytest.fixture(scope="module")
+def user(tmp_path_factory, data_root):
+    """A user's directory and environment: only the data root, nothing of our machines'."""
+    home = tmp_path_factory.mktemp("user")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LACONIC_", "RAY_", "PYTEST"))}
+    env.update(LACONIC_DATA=str(data_root), LACONIC_CACHE=str(home / ".cache"))
+    return home, env
+
+
+def laconic(home: Path, env: dict, *args: str, timeout: float = 900) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "laconic_ray", *args],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    summary = run_quickstart(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_shortened_quickstart_from_a_users_directory(user):
+    home, env = user
+    summary = laconic(home, env, "quickstart", "output=runs/qs", f"port={_free_port()}", *SHORT)
+    out = home / "runs" / "qs"
+    assert summary["output"] == str(out)  # relative paths resolved against the user's directory
     # stages and their artefacts
     assert set(summary["timings_s"]) >= {
         "dataset",
@@ -57,10 +84,10 @@ def test_shortened_quickstart_produces_every_artefact(ray_session, tmp_path, dat
     }
     assert storage.read_manifest(str(out / "data" / "weak")).total_rows > 0
     assert storage.read_manifest(str(out / "data" / "negatives")).metadata["num_negatives"] == 15
-    for phase in (1, 2):
-        assert (
-            SparseEncoder.from_pretrained(str(out / "train" / f"phase{phase}" / "model")).vocab_size == 30522
-        )
+    for phase in (1, 2):  # the tiny preset's tokenizer came from the package, and was saved with the model
+        model = out / "train" / f"phase{phase}" / "model"
+        assert SparseEncoder.from_pretrained(str(model)).vocab_size == 30522
+        assert (model / "vocab.txt").exists() or (model / "tokenizer.json").exists()
     ids, _, _ = sparse.read_sparse(str(out / "vectors"))
     corpus = len((out / "data" / "collection" / "corpus.jsonl").read_text().splitlines())
     assert len(ids) == corpus and summary["docs"] == corpus
@@ -69,10 +96,49 @@ def test_shortened_quickstart_produces_every_artefact(ray_session, tmp_path, dat
     assert set(summary["ndcg10"]) == {"untrained", "phase1", "phase2", "bm25"}
     assert all(0 <= v <= 1 for v in summary["ndcg10"].values()) and summary["ndcg10"]["bm25"] > 0.3
     assert set(summary["latency_ms"]) == {"python_client", "http"}
-    assert not serve_running()  # the Serve instance the quickstart started is gone again
     report = (out / "report.md").read_text()
     assert "nDCG@10" in report and "phase2" in report
     for figure in ("loss.png", "nnz.png", "ndcg10.png", "latency.png"):
         assert (out / "report" / figure).stat().st_size > 1000
     assert json.loads((out / "summary.json").read_text())["nDCG@10"] == summary["nDCG@10"]
-    assert Path(summary["index"]).exists()
+
+
+def test_the_readmes_serve_command_is_healthy_on_two_cpus(user):
+    home, env = user
+    out = home / "runs" / "qs"
+    if not (out / "index" / "manifest.json").exists():
+        pytest.skip("needs the quickstart's index (the test above)")
+    port = _free_port()
+    # README: laconic serve conf/serve.yaml index=runs/quickstart/index model=... (2 shards + HTTP > 2 CPUs)
+    command = [
+        sys.executable, "-m", "laconic_ray", "serve", "conf/serve.yaml", "index=runs/qs/index",
+        "model=runs/qs/train/phase2/model", "ray.num_cpus=2", f"port={port}",
+    ]  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline, health = time.monotonic() + 240, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    health = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(1)
+        assert health is not None and health["ok"], (
+            server.stderr.read() if server.poll() is not None else "no /health"
+        )
+        assert health["index"] == str(out / "index")
+        body = json.dumps({"query": "sodium channels in heart muscle", "k": 3}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/search", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert len(json.loads(response.read())["hits"]) == 3
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C
+        stdout, stderr = server.communicate(timeout=120)
+    assert server.returncode == 0, stderr[-2000:]
+    assert "using" in stderr and "instead" in stderr  # it sized itself to the 2 CPUs, and said so
+    assert json.loads(stdout.strip().splitlines()[-1])["shards"] == 2

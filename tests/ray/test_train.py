@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from laconic_ray import storage
 from laconic_ray.config import MineConfig, TrainConfig, load_config
 from laconic_ray.data.mining import run_mine
-from laconic_ray.distributed.train import FAULT_ENV, run_train
+from laconic_ray.distributed.train import FAULT_ENV, read_history, run_train
 from laconic_ray.model import SparseEncoder
 from laconic_ray.training.parallel import base_digest as _digest
 
@@ -85,10 +85,10 @@ def test_curriculum_on_s3_learns_chains_phases_and_exports_exactly(ray_session, 
         "phase0.lora.enabled=false",
     )
     phase0, phase1, phase2 = summary["phases"]
-    assert {"lm_loss", "saturation_loss"} <= set(phase0["worker"]["history"][0])
+    assert {"lm_loss", "saturation_loss"} <= set(read_history(phase0["history"], options)[0])
     adapted = SparseEncoder.from_pretrained(phase0["export"], options=options)
     assert phase1["worker"]["initial_digest"] == pytest.approx(_digest(adapted), rel=1e-9)
-    history = [h["loss"] for h in phase1["worker"]["history"]]
+    history = [h["loss"] for h in read_history(phase1["history"], options)]
     assert len(history) == 24
     assert np.mean(history[-4:]) < np.mean(history[:4])  # it learns
     # checkpoints and both exports live on S3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Literal
 
 import pytest
@@ -41,7 +42,8 @@ def test_defaults_yaml_then_overrides(tmp_path):
     assert cfg.name == "first" and cfg.inner.steps == 20 and cfg.inner.lr == 0.5 and cfg.top_k is None
     assert isinstance(cfg.inner, Inner) and isinstance(cfg.storage, StorageConfig)
     # interpolation sees the final value, whatever layer set it
-    assert load_config(Outer, path, ["name=second"]).output == "runs/second"
+    # (and outputs are made absolute on the driver, before any worker in another directory sees them)
+    assert load_config(Outer, path, ["name=second"]).output == os.path.abspath("runs/second")
 
 
 def test_env_interpolation(tmp_path, monkeypatch):
@@ -133,3 +135,12 @@ def test_precision_settings_that_would_train_wrongly_are_refused():
         "conf/train/tiny.yaml",
         [*base, "model.dtype=bfloat16", "phase1.lora.enabled=true", "phase2.lora.enabled=true"],
     )
+
+
+def test_a_regression_matrix_finds_its_stage_configs_from_any_directory(tmp_path, monkeypatch):
+    from laconic_ray.config import RegressConfig
+
+    matrix = os.path.abspath("conf/regressions/scifact.yaml")
+    monkeypatch.chdir(tmp_path)  # not the checkout: `laconic regress` used to work only from its root
+    config = load_config(RegressConfig, matrix)
+    assert all(os.path.isfile(c.config) for c in config.conditions)

@@ -1,0 +1,85 @@
+"""Do a stage's actors fit the cluster? Checked before anything waits on them.
+
+Ray schedules an actor only when a node has its reserved CPUs free, and otherwise waits, silently, for as
+long as it takes: `laconic serve`'s README command (2 shard actors x 1 CPU + an HTTP replica x 1 CPU) waited
+forever on a 2-core laptop. So before starting actors, a stage adds up what they reserve:
+
+* on a local cluster (every node on this machine: the one `ensure_ray` started, or `ray start` here) the
+  actors are sized to fit: each group's CPUs per actor scaled down alike (shard actors and HTTP replicas
+  mostly wait on sockets; fractional CPUs are fine), and the choice is logged;
+* on a remote cluster nothing is resized: a request that cannot fit is refused at once, naming the knobs.
+
+``fit`` is the arithmetic (pure); ``size_for_cluster`` asks Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+
+log = logging.getLogger(__name__)
+
+MIN_CPUS = 0.05  # Ray's smallest useful fraction here; below it actors are packed without limit
+
+
+class ResourceError(RuntimeError):
+    """A stage's actors cannot all run on this cluster; the message names the knobs."""
+
+
+def fit(groups: dict[str, tuple[int, float]], cpus: float) -> dict[str, float] | None:
+    """CPUs per actor for each group ``name -> (actors, cpus each)`` so that all fit in ``cpus``, scaled by
+    one factor (rounded down to 0.05), or None when they already fit."""
+    need = sum(count * each for count, each in groups.values())
+    if need <= cpus + 1e-9:
+        return None
+    factor = cpus / need
+    return {
+        name: max(MIN_CPUS, math.floor(each * factor / MIN_CPUS) * MIN_CPUS)
+        for name, (count, each) in groups.items()
+    }
+
+
+def describe(groups: dict[str, tuple[int, float]]) -> str:
+    return " + ".join(f"{count} {name} x {each:g} CPU" for name, (count, each) in groups.items() if count)
+
+
+def local_cluster() -> bool:
+    """Is every node of the connected Ray cluster on this machine?"""
+    import ray
+
+    here = {"127.0.0.1", ray.util.get_node_ip_address()}
+    with contextlib.suppress(OSError):  # a host name that does not resolve: the addresses above will do
+        here.add(socket.gethostbyname(socket.gethostname()))
+    return all(node["NodeManagerAddress"] in here for node in ray.nodes() if node.get("Alive"))
+
+
+def size_for_cluster(groups: dict[str, tuple[int, float]], knobs: str) -> dict[str, float]:
+    """CPUs per actor for each group: as asked if they fit the cluster's free CPUs, scaled down to fit on a
+    local cluster (logged), else :class:`ResourceError` naming ``knobs``."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 0.0)
+    sized = fit(groups, free)
+    if sized is None:
+        return {name: each for name, (_, each) in groups.items()}
+    if not local_cluster():
+        raise ResourceError(
+            f"{describe(groups)} need {sum(c * e for c, e in groups.values()):g} CPUs and the cluster has "
+            f"{free:g} free: lower {knobs}, or add nodes"
+        )
+    resized = {name: (groups[name][0], each) for name, each in sized.items()}
+    if sum(count * each for count, each in resized.values()) > free + 1e-9:
+        raise ResourceError(
+            f"{describe(groups)}: too many actors for this machine's {free:g} free CPUs even at {MIN_CPUS} "
+            f"CPU each: lower {knobs}"
+        )
+    log.info(
+        "this machine has %g free CPUs for %s: using %s instead (set %s to choose)",
+        free,
+        describe(groups),
+        describe(resized),
+        knobs,
+    )
+    return sized

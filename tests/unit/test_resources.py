@@ -1,0 +1,15 @@
+"""Sizing actors to a cluster (laconic_ray/distributed/resources.py): the arithmetic, without Ray."""
+
+from __future__ import annotations
+
+from laconic_ray.distributed.resources import describe, fit
+
+
+def test_actors_that_fit_are_left_alone_and_others_scaled_alike():
+    assert fit({"shard actors": (2, 1.0)}, 4.0) is None
+    # the README's `laconic serve` on a 2-core laptop: 2 shards x 1 + 1 HTTP replica x 1 = 3 CPUs > 2
+    sized = fit({"shard actors": (2, 1.0), "HTTP replicas": (1, 1.0)}, 2.0)
+    assert sized == {"shard actors": 0.65, "HTTP replicas": 0.65}
+    assert 2 * sized["shard actors"] + sized["HTTP replicas"] <= 2.0
+    assert fit({"shard actors": (100, 1.0)}, 2.0) == {"shard actors": 0.05}  # the floor (the caller refuses)
+    assert describe({"a": (2, 1.0), "b": (0, 3.0)}) == "2 a x 1 CPU"
