@@ -15,6 +15,7 @@ The data root is ``LACONIC_DATA`` unless a config names one (our machines: ``../
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -84,6 +85,16 @@ def resolve_dataset(name_or_uri: str, root: str | None = None) -> str:
     if "://" in name_or_uri or os.sep in name_or_uri or os.path.exists(name_or_uri):
         return name_or_uri
     return storage.join(data_root(root), name_or_uri)
+
+
+def corpus_of(uri: str, options: StorageOptions | None = None) -> str:
+    """What to encode for ``corpus=uri``: a BEIR collection's folder (``corpus.*`` beside ``queries.jsonl`` and
+    ``qrels/``) stands for its corpus file, not every JSONL in it; any other folder or file is the corpus."""
+    fs, path = storage.filesystem(uri, options)
+    if fs.isdir(path):
+        with contextlib.suppress(FileNotFoundError):
+            return _find(uri, "corpus", options)
+    return uri
 
 
 def _open_text_lines(uri: str, options: StorageOptions | None) -> Iterator[tuple[int, bytes]]:
@@ -245,7 +256,9 @@ def iter_documents(
     on_error: OnError = "raise",
     rejects: Rejects | None = None,
 ) -> Iterator[Document]:
-    """Documents (``_id``, ``text``, optional ``title``) from a corpus file or folder."""
+    """Documents (``_id``, ``text``, optional ``title``) from a corpus file or folder (a collection's folder:
+    its corpus file)."""
+    uri = corpus_of(uri, options)
     for source, line, record in iter_records(uri, options=options, on_error=on_error, rejects=rejects):
         row = _parse(record, source, line, ("_id", "text"), ("title",), on_error, rejects)
         if row is not None:

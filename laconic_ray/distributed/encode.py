@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 
 from laconic_ray.config import EncodeConfig
-from laconic_ray.data.beir import resolve_dataset
+from laconic_ray.data.beir import corpus_of, resolve_dataset
 from laconic_ray.data.shards import Shard, plan_shards
 from laconic_ray.distributed.cluster import ensure_ray, task_env
 from laconic_ray.distributed.resources import ResourceError, size_for_cluster
@@ -95,7 +95,7 @@ def settings_from(config: EncodeConfig, corpus: str) -> EncodeSettings:
 def run_encode(config: EncodeConfig) -> dict[str, Any]:
     """Encode ``config.corpus`` into ``config.output``; resume a partial output; never redo a finished one."""
     options = config.storage.options()
-    corpus = resolve_dataset(config.corpus, config.data_root)
+    corpus = corpus_of(resolve_dataset(config.corpus, config.data_root), options)
     state = output_state(config.output, options)
     if state != "complete" or config.overwrite:  # before any cluster starts: a wrong model is one line
         check_model_source(config.model, options)

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -117,19 +118,19 @@ def test_the_readmes_serve_command_is_healthy_on_two_cpus(user):
     server = subprocess.Popen(
         command, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True)
+    reader.start()
     try:
-        deadline, health = time.monotonic() + 240, None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    health = json.loads(response.read())
-                    break
-            except OSError:
-                time.sleep(1)
-        assert health is not None and health["ok"], (
-            server.stderr.read() if server.poll() is not None else "no /health"
-        )
-        assert health["index"] == str(out / "index")
+        # it answers /health once Serve routes to a replica, a moment before `serve.run` returns; the
+        # service says "Ctrl-C stops" when a Ctrl-C stops it cleanly rather than interrupting its start
+        deadline = time.monotonic() + 240
+        while not any("Ctrl-C stops" in line for line in lines):
+            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:
+            health = json.loads(response.read())
+        assert health["ok"] and health["index"] == str(out / "index")
         body = json.dumps({"query": "sodium channels in heart muscle", "k": 3}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/search", body, {"Content-Type": "application/json"}
@@ -138,7 +139,9 @@ def test_the_readmes_serve_command_is_healthy_on_two_cpus(user):
             assert len(json.loads(response.read())["hits"]) == 3
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C
-        stdout, stderr = server.communicate(timeout=120)
+        stdout = server.communicate(timeout=120)[0]
+        reader.join(timeout=10)
+    stderr = "".join(lines)
     assert server.returncode == 0, stderr[-2000:]
     assert "using" in stderr and "instead" in stderr  # it sized itself to the 2 CPUs, and said so
     assert json.loads(stdout.strip().splitlines()[-1])["shards"] == 2

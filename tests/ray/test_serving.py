@@ -447,14 +447,19 @@ def test_shard_actors_that_cannot_start_fail_fast_with_the_knobs_named(ray_sessi
         )
     finally:
         fitted.shutdown()
+    _wait_for_cpus(free)  # ray.kill returns before the killed actors' CPUs are back
     # actors still loading at the deadline: the error says what they wait for, and they are not left behind
     with pytest.raises(
         ShardStartupError, match=r"shard actor\(s\) not running after 0 s .*num_cpus_per_shard"
     ):
         searcher(str(tmp_path / "index"), startup_timeout_s=0.2)
-    deadline = time.monotonic() + 60
+    _wait_for_cpus(free)  # the actors that did start were killed: their CPUs come back
+
+
+def _wait_for_cpus(free: float, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
     while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
-        time.sleep(0.2)  # the actors that did start were killed: their CPUs come back
+        time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) >= free
 
 

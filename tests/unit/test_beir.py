@@ -15,10 +15,12 @@ from laconic_ray.data.beir import (
     BeirDataset,
     DataFormatError,
     Rejects,
+    corpus_of,
     iter_documents,
     read_qrels,
     resolve_dataset,
 )
+from laconic_ray.data.shards import plan_shards
 
 
 def test_scifact_counts(data_root):
@@ -135,6 +137,17 @@ def test_folder_of_many_files_in_name_order(tmp_path):
     assert [d.id for d in iter_documents(str(folder))] == ["1", "2", "3", "4"]
 
 
+def test_a_collections_folder_as_a_corpus_means_its_corpus_file(tmp_path):
+    """`laconic encode corpus=scifact` encoded queries.jsonl's 1,109 queries as documents too."""
+    make_collection(tmp_path / "mini")
+    (tmp_path / "mini" / "queries.jsonl").write_text(json.dumps({"_id": "q9", "text": "a query"}) + "\n")
+    assert corpus_of(str(tmp_path / "mini")) == str(tmp_path / "mini" / "corpus.jsonl.gz")
+    assert [d.id for d in iter_documents(str(tmp_path / "mini"))] == [f"d{i}" for i in range(5)]
+    shards = plan_shards(corpus_of(str(tmp_path / "mini")), 1 << 20)
+    assert [s.uri for s in shards] == [str(tmp_path / "mini" / "corpus.jsonl.gz")]
+    assert corpus_of(str(tmp_path / "mini" / "qrels")) == str(tmp_path / "mini" / "qrels")  # any other folder
+
+
 def test_collection_on_s3(tmp_path, s3_bucket):
     base, options = s3_bucket
     make_collection(tmp_path / "mini")
@@ -150,7 +163,7 @@ def test_collection_on_s3(tmp_path, s3_bucket):
 
 
 def test_missing_dataset(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+    with pytest.raises(FileNotFoundError, match=r"dataset: .*nope: not found"):
         BeirDataset(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no corpus\.jsonl"):

@@ -44,12 +44,15 @@ def test_atomic_write_leaves_old_file_when_body_fails(base):
 def test_manifest_round_trip_and_verification(base):
     root, options = base
     folder = storage.join(root, "ds")
-    storage.makedirs(folder, options)
-    with pytest.raises(StorageError, match="has not finished"):
+    with pytest.raises(StorageError, match="does not exist"):
         storage.read_manifest(folder, options)
+    storage.makedirs(folder, options)
     fs, path = storage.filesystem(storage.join(folder, "a.parquet"), options)
     with fs.open(path, "wb") as f:
         pq.write_table(pa.table({"x": list(range(10))}), f)
+    # parts written, no manifest yet (an S3 prefix exists only once it holds an object)
+    with pytest.raises(StorageError, match="has not finished"):
+        storage.read_manifest(folder, options)
     entry = storage.describe_file(folder, "a.parquet", 10, options)
     storage.write_manifest(folder, Manifest(kind="test", files=[entry], metadata={"k": 1}), options)
     m = storage.read_manifest(folder, options, kind="test", verify=True)
