@@ -25,7 +25,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -163,9 +162,8 @@ def main() -> None:
 
     import ray
     from ray import serve
-    from synthetic import generate
+    from synthetic import written
 
-    from laconic_ray import sparse
     from laconic_ray.config import IndexConfig, ServeConfig, load_config
     from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
     from laconic_ray.distributed.http import deploy, replica_urls
@@ -173,14 +171,7 @@ def main() -> None:
     from laconic_ray.distributed.service import searcher_from
     from laconic_ray.index import InvertedIndex
 
-    docs, queries = generate(args.docs, args.queries, seed=0)
-    ids = [f"d{i}" for i in range(docs.shape[0])]
-    tmp = Path(tempfile.mkdtemp())
-    sparse.write_sparse(str(tmp / "vecs"), ids, docs, docs.shape[1])
-    rows = [
-        {"indices": queries[i].indices.tolist(), "values": queries[i].data.tolist()}
-        for i in range(queries.shape[0])
-    ]
+    docs, queries, ids, tmp, rows = written(args.docs, args.queries)
     (tmp / "bodies.jsonl").write_text("\n".join(json.dumps({"vector": r, "k": 10}) for r in rows) + "\n")
     whole = InvertedIndex.build(docs, ids)
     ceiling = ceiling_qps(whole, queries, os.cpu_count() or 1)

@@ -22,7 +22,6 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,9 +68,8 @@ def main() -> None:
 
     import ray
     from ray import serve
-    from synthetic import generate
+    from synthetic import written
 
-    from laconic_ray import sparse
     from laconic_ray.config import IndexConfig, ServeConfig, load_config
     from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
     from laconic_ray.distributed.http import deploy, replica_urls
@@ -79,14 +77,7 @@ def main() -> None:
     from laconic_ray.distributed.serving import ShardedSearcher
     from laconic_ray.index import InvertedIndex
 
-    docs, queries = generate(args.docs, args.queries, seed=0)
-    ids = [f"d{i}" for i in range(docs.shape[0])]
-    tmp = Path(tempfile.mkdtemp())
-    sparse.write_sparse(str(tmp / "vecs"), ids, docs, docs.shape[1])
-    rows = [
-        {"indices": queries[i].indices.tolist(), "values": queries[i].data.tolist()}
-        for i in range(queries.shape[0])
-    ]
+    docs, _, ids, tmp, rows = written(args.docs, args.queries)
     whole = InvertedIndex.build(docs, ids)
     in_process = summary(timed(lambda q: whole.search(q["indices"], q["values"], 10), rows))
     for key, value in LOCAL_RAY_ENV.items():

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,9 +32,8 @@ def main() -> None:
 
     import ray
     from ray import serve
-    from synthetic import generate
+    from synthetic import written
 
-    from laconic_ray import sparse
     from laconic_ray.config import IndexConfig, ServeConfig, load_config
     from laconic_ray.distributed.cluster import LOCAL_RAY_ENV
     from laconic_ray.distributed.http import deploy
@@ -44,14 +42,7 @@ def main() -> None:
     from laconic_ray.index import InvertedIndex
     from tests.soak import run_soak
 
-    docs, queries = generate(args.docs, args.queries, seed=0)
-    ids = [f"d{i}" for i in range(docs.shape[0])]
-    tmp = Path(tempfile.mkdtemp())
-    sparse.write_sparse(str(tmp / "vecs"), ids, docs, docs.shape[1])
-    rows = [
-        {"indices": queries[i].indices.tolist(), "values": queries[i].data.tolist()}
-        for i in range(queries.shape[0])
-    ]
+    docs, _, ids, tmp, rows = written(args.docs, args.queries)
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)

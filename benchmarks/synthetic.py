@@ -75,3 +75,23 @@ def generate(
 
     # oversampling compensates the duplicates merged away (frequent terms repeat within long rows)
     return draw(n_docs, doc_nnz, 1.6, 1.34), draw(n_queries, query_nnz, 2.0, 1.1)
+
+
+def written(n_docs: int, n_queries: int, seed: int = 0):
+    """A synthetic collection for the serving benchmarks: ``(docs, queries, ids, folder, rows)``, the documents
+    written as a finished sparse folder ``folder / "vecs"`` (a new temporary folder) and the queries as JSON
+    rows (``{"indices": [...], "values": [...]}``)."""
+    import tempfile
+    from pathlib import Path
+
+    from laconic_ray import sparse
+
+    docs, queries = generate(n_docs, n_queries, seed=seed)
+    ids = [f"d{i}" for i in range(docs.shape[0])]
+    folder = Path(tempfile.mkdtemp())
+    sparse.write_sparse(str(folder / "vecs"), ids, docs, docs.shape[1])
+    rows = [
+        {"indices": queries[i].indices.tolist(), "values": queries[i].data.tolist()}
+        for i in range(queries.shape[0])
+    ]
+    return docs, queries, ids, folder, rows

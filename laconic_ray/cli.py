@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -189,6 +190,8 @@ QUIET_LOGGERS = (
 
 
 def configure_logging(verbose: bool = False) -> None:
+    if not sys.stderr.isatty():  # the hub's and transformers' bars ("Loading weights") are noise in a log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when they are imported, later
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         stream=sys.stderr,
