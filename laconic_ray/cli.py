@@ -237,6 +237,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ("laconic_ray.distributed.serving", "ShardStartupError"),
         ("laconic_ray.distributed.resources", "ResourceError"),
         ("laconic_ray.model.encoder", "ModelUnavailable"),
+        ("laconic_ray.model.encoder", "UnsupportedModel"),
         ("botocore.exceptions", "NoCredentialsError"),
         ("laconic_ray.data.lucene", "BM25Unavailable"),
         ("laconic_ray.data.lucene", "JavaNotFoundError"),

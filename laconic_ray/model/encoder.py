@@ -594,7 +594,7 @@ class SparseEncoder(nn.Module):
         """Load a laconic checkpoint (settings from its ``laconic.json``) or any HF causal LM (default
         settings); explicit arguments override the saved settings. ``lora`` (r, alpha, dropout,
         target_modules) adds fresh adapters after the attention mode is applied."""
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         source = os.fspath(name_or_path)
         if storage.is_remote(source):
@@ -622,13 +622,13 @@ class SparseEncoder(nn.Module):
             fields["mode"] = mode
         encoder_settings = EncoderSettings(**fields)
         try:
+            config = AutoConfig.from_pretrained(source)
+            check_architecture(config.to_dict(), source)
             if _is_meta(device):  # shapes only: read config.json, no weights
-                from transformers import AutoConfig
-
-                model = _empty_model(AutoConfig.from_pretrained(source), dtype, attn_implementation)
+                model = _empty_model(config, dtype, attn_implementation)
             else:
                 model = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+                    source, config=config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
                 )
         except OSError as e:
             if Path(source).exists():
@@ -722,6 +722,32 @@ class ModelUnavailable(OSError):
     """A model named by hub id or path cannot be had from here (offline, gated, misspelt)."""
 
 
+class UnsupportedModel(ValueError):
+    """A checkpoint this encoder would load, but encode wrongly (an encoder-only masked LM, say)."""
+
+
+# Encoder-only families: AutoModelForCausalLM turns their masked-LM checkpoints into a decoder (BERT ->
+# BertLMHeadModel) with a warning only, and the vectors come out silently wrong
+ENCODER_ONLY = {"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2",
+                "modernbert", "mpnet", "albert"}  # fmt: skip
+
+
+def check_architecture(config: dict[str, Any], source: str) -> None:
+    """Refuse what would load but encode wrongly: a masked-LM (classic BERT SPLADE) or encoder-only checkpoint.
+    ``config`` is the checkpoint's ``config.json``."""
+    architectures = config.get("architectures") or []
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return
+    masked = next((a for a in architectures if a.endswith("ForMaskedLM")), None)
+    if masked or config.get("model_type") in ENCODER_ONLY:
+        what = masked or f"{config.get('model_type')} (encoder-only)"
+        raise UnsupportedModel(
+            f"{source}: a {what} checkpoint, such as a classic SPLADE model; laconic_ray encodes with causal "
+            "LMs (Llama, Qwen2, Mistral: LACONIC, CSPLADE) and would load this one as a decoder, giving wrong "
+            "vectors. Masked-LM SPLADE support is not built yet"
+        )
+
+
 def check_model_source(
     source: str, options: storage.StorageOptions | None = None, key: str = "model"
 ) -> None:
@@ -738,6 +764,12 @@ def check_model_source(
         if not any((path / f).is_file() for f in ("config.json", ADAPTER_FILE)):
             what = "does not exist" if not path.exists() else "holds no config.json: not a model folder"
             raise ModelUnavailable(f"{key}: {source} {what}")
+        if (path / "config.json").is_file():
+            try:
+                config = json.loads((path / "config.json").read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ModelUnavailable(f"{key}: {source}/config.json is not valid JSON ({e})") from None
+            check_architecture(config, f"{key}: {source}")
         return
     try:
         _hub_config_reachable(source)

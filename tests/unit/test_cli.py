@@ -128,3 +128,25 @@ def test_verbose_keeps_third_party_debug_out():
 
     cli.configure_logging(verbose=True)
     assert logging.getLogger("jnius").getEffectiveLevel() >= logging.WARNING
+
+
+def test_a_masked_lm_checkpoint_is_refused_not_encoded_wrongly(tmp_path):
+    """A classic SPLADE model (BertForMaskedLM) used to load as BertLMHeadModel, a decoder, and encode wrong
+    vectors with only a warning."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from laconic_ray.model.encoder import SparseEncoder, UnsupportedModel, check_model_source
+
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    BertForMaskedLM(config).save_pretrained(str(tmp_path / "splade"))
+    with pytest.raises(UnsupportedModel, match="BertForMaskedLM checkpoint"):
+        SparseEncoder.from_pretrained(str(tmp_path / "splade"), tokenizer="laconic:bert-base-uncased")
+    with pytest.raises(UnsupportedModel, match=r"model: .*BertForMaskedLM"):
+        check_model_source(str(tmp_path / "splade"))
+    result = laconic("encode", f"model={tmp_path / 'splade'}", "corpus=scifact", f"output={tmp_path / 'v'}")
+    assert result.returncode == 2 and "BertForMaskedLM" in result.stderr
+    assert (
+        len(result.stderr.strip().splitlines()) == 1 and "starting a local Ray cluster" not in result.stderr
+    )
