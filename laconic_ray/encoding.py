@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -30,11 +31,13 @@ import pyarrow.parquet as pq
 from laconic_ray import sparse, storage
 from laconic_ray.data.beir import DataFormatError
 from laconic_ray.data.shards import Shard, plan_fingerprint, read_shard, shard_name
+from laconic_ray.progress import Progress
 from laconic_ray.storage import FileEntry, Manifest, StorageOptions
 
 log = logging.getLogger(__name__)
 
 PROGRESS = "_progress"
+SHARD_PROGRESS_S = 30.0  # seconds between an encoder's lines on the shard it is encoding
 PLAN_FILE = "plan.json"
 
 # Columns between the read stage and the encode stage. A shard whose rows were all rejected still sends one
@@ -150,12 +153,20 @@ class ShardEncoder:
         started, started_at = time.perf_counter(), time.time()
         stats: dict[str, float] = {}
         if ids:
+            # a line every SHARD_PROGRESS_S while a long shard encodes (the driver reports whole shards: a
+            # one-shard corpus, or 16 MiB shards on a big model, would otherwise be silent for minutes); on
+            # stderr, which Ray forwards to the driver's console and the job's log
+            ticker = Progress(
+                len(ids), "docs", f"encode shard {shard}", every_s=SHARD_PROGRESS_S, bar=False,
+                final=False, sink=lambda line: print(line, file=sys.stderr, flush=True),
+            )  # fmt: skip
             csr = self.encoder.encode(
                 texts,
                 self.settings.kind,
                 batch_size=self.settings.batch_size,
                 top_k=self.settings.top_k,
                 stats=stats,
+                on_batch=ticker.update,
             )
         else:
             import scipy.sparse as sp

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("laconic_ray.progress")
@@ -28,9 +29,20 @@ class Progress:
     """``total`` units of ``what`` to do (None: unknown, no ETA); ``update(n, **counters)`` as they finish."""
 
     def __init__(
-        self, total: int | None, what: str, desc: str, *, every_s: float = 10.0, bar: bool | None = None
+        self,
+        total: int | None,
+        what: str,
+        desc: str,
+        *,
+        every_s: float = 10.0,
+        bar: bool | None = None,
+        final: bool = True,
+        sink: Callable[[str], None] | None = None,
     ) -> None:
+        """``final``: a line when ``total`` is reached (off where someone else reports completion);
+        ``sink``: where lines go (default: this module's logger at INFO)."""
         self.total, self.what, self.desc, self.every_s = total, what, desc, every_s
+        self.final, self.sink = final, sink or (lambda line: log.info("%s", line))
         self.done = 0
         self.counters: dict[str, float] = {}
         self.started = self._last = time.monotonic()
@@ -56,9 +68,10 @@ class Progress:
                 self._bar.set_postfix({k: f"{v:g}" for k, v in self.counters.items()}, refresh=False)
             return
         now = time.monotonic()
-        if now - self._last >= self.every_s or (self.total is not None and self.done >= self.total):
+        finished = self.total is not None and self.done >= self.total
+        if (now - self._last >= self.every_s and not finished) or (finished and self.final):
             self._last = now
-            log.info("%s", self.line())
+            self.sink(self.line())
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)

@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -406,8 +406,9 @@ class SparseEncoder(nn.Module):
         top_k: int | None = None,
         stats: dict[str, float] | None = None,
         threads: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> sp.csr_matrix:
-        """Encode pre-tokenized texts. Batches are formed longest-first so that padding stays small; rows come
+        """Encode pre-tokenized texts (``on_batch(n)`` after each batch of ``n``, for progress). Batches are formed longest-first so that padding stays small; rows come
         back in input order. ``stats`` (if given) accumulates seconds spent per step (summed over threads)
         and token counts; ``model_cpu`` is the CPU time of the model steps, next to their wall time.
 
@@ -429,17 +430,17 @@ class SparseEncoder(nn.Module):
         intra_op = torch.get_num_threads()
         try:
             if threads == 1:
-                results = [self._encode_batch([token_ids[i] for i in chosen], top_k) for chosen in batches]
+                done = (self._encode_batch([token_ids[i] for i in chosen], top_k) for chosen in batches)
+                self._collect(done, batches, results, on_batch)
             else:
                 from concurrent.futures import ThreadPoolExecutor
 
                 torch.set_num_threads(1)
                 with ThreadPoolExecutor(threads, thread_name_prefix="laconic-encode") as pool:
-                    results = list(
-                        pool.map(
-                            lambda chosen: self._encode_batch([token_ids[i] for i in chosen], top_k), batches
-                        )
+                    done = pool.map(
+                        lambda chosen: self._encode_batch([token_ids[i] for i in chosen], top_k), batches
                     )
+                    self._collect(done, batches, results, on_batch)
         finally:
             torch.set_num_threads(intra_op)
             self.train(was_training)
@@ -453,6 +454,15 @@ class SparseEncoder(nn.Module):
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return stacked[inverse]
+
+    @staticmethod
+    def _collect(
+        done: Iterable, batches: list, results: list, on_batch: Callable[[int], None] | None
+    ) -> None:
+        for chosen, result in zip(batches, done, strict=False):
+            results.append(result)
+            if on_batch is not None:
+                on_batch(len(chosen))
 
     def _encode_batch(
         self, token_ids: Sequence[Sequence[int]], top_k: int | None
@@ -496,12 +506,15 @@ class SparseEncoder(nn.Module):
         top_k: int | None = None,
         stats: dict[str, float] | None = None,
         threads: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> sp.csr_matrix:
         t0 = time.perf_counter()
         ids = self.tokenize(texts, kind)
         if stats is not None:
             stats["tokenize_s"] = stats.get("tokenize_s", 0.0) + time.perf_counter() - t0
-        return self.encode_ids(ids, batch_size=batch_size, top_k=top_k, stats=stats, threads=threads)
+        return self.encode_ids(
+            ids, batch_size=batch_size, top_k=top_k, stats=stats, threads=threads, on_batch=on_batch
+        )
 
     def encode_queries(
         self, texts: Sequence[str], batch_size: int = 32, top_k: int | None = None
