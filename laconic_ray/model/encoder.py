@@ -408,9 +408,10 @@ class SparseEncoder(nn.Module):
         threads: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> sp.csr_matrix:
-        """Encode pre-tokenized texts (``on_batch(n)`` after each batch of ``n``, for progress). Batches are formed longest-first so that padding stays small; rows come
+        """Encode pre-tokenized texts. Batches are formed longest-first so that padding stays small; rows come
         back in input order. ``stats`` (if given) accumulates seconds spent per step (summed over threads)
         and token counts; ``model_cpu`` is the CPU time of the model steps, next to their wall time.
+        ``on_batch(n)`` is called after each batch of ``n`` texts (progress).
 
         On CPU, ``threads`` batches run at once, each on one torch thread (default: torch's thread count).
         For models this size that beats one batch at a time on all threads by 1.5-1.7x (measured on 2 cores,
