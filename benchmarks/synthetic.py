@@ -95,3 +95,91 @@ def written(n_docs: int, n_queries: int, seed: int = 0):
         for i in range(queries.shape[0])
     ]
     return docs, queries, ids, folder, rows
+
+
+BERT_VOCAB = 30_522
+
+
+def generate_head_heavy(
+    n_docs: int,
+    n_queries: int,
+    *,
+    vocab: int = BERT_VOCAB,
+    topics: int = 0,
+    topic_size: int = 400,
+    topic_share: float = 0.6,
+    seed: int = 0,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The regime of issue 24, where a Llama-vocabulary generator flattered block-max pruning: BERT's 30,522
+    ids (classic SPLADE), document lengths normal(120, 35) clipped to [30, 300], term ids Zipf(s=1, r0=20)
+    (``p(r) ~ 1 / (r + 20)``) over a random permutation of the vocabulary, so a few hundred ids sit in a large
+    share of documents; log-normal weights capped at 8. Queries: 20-40 non-zeros, ~40% of them the heaviest
+    terms of a random source document, the rest drawn like a document's. With ``topics`` > 0, 60% of each
+    row's draws come from its topic's vocabulary (mid-frequency ids). An exact query touches ~350k postings
+    at 200k documents."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(vocab)
+    ranks = np.arange(vocab, dtype=np.float64)
+    global_cdf = np.cumsum(1.0 / (ranks + 20.0))
+    global_cdf /= global_cdf[-1]
+    if topics:
+        mid = perm[300 : min(vocab, 20_000)]
+        topic_terms = np.stack([rng.choice(mid, size=topic_size, replace=False) for _ in range(topics)])
+        topic_cdf = np.cumsum(_zipf_probs(topic_size, 0.8))
+
+    def sample(cdf: np.ndarray, size: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(cdf, rng.random(size)), len(cdf) - 1)
+
+    def rows_of(lengths: np.ndarray, topic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(lengths)
+        draws = (lengths * 1.25).astype(np.int64)  # oversampled: duplicates are merged away below
+        rows = np.repeat(np.arange(n), draws)
+        terms = perm[sample(global_cdf, len(rows))]
+        if topics:
+            from_topic = rng.random(len(rows)) < topic_share
+            picked = topic_terms[topic[rows[from_topic]], sample(topic_cdf, int(from_topic.sum()))]
+            terms[from_topic] = picked
+        return rows, terms
+
+    def matrix(rows: np.ndarray, terms: np.ndarray, weights: np.ndarray, n: int, cap: np.ndarray):
+        keys = rows.astype(np.int64) * vocab + terms
+        order = np.argsort(keys, kind="stable")
+        keys, weights = keys[order], weights[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        keys, weights = keys[starts], np.maximum.reduceat(weights, starts)
+        rows, terms = keys // vocab, keys % vocab
+        # trim each row to its drawn length, keeping its heaviest terms
+        order = np.lexsort((-weights, rows))
+        rows, terms, weights = rows[order], terms[order], weights[order]
+        first = np.searchsorted(rows, np.arange(n))
+        keep = np.arange(len(rows)) - first[rows] < cap[rows]
+        mat = sp.csr_matrix((weights[keep].astype(np.float32), (rows[keep], terms[keep])), shape=(n, vocab))
+        mat.sort_indices()
+        return mat
+
+    doc_len = np.clip(np.rint(rng.normal(120, 35, n_docs)), 30, 300).astype(np.int64)
+    doc_topic = rng.integers(0, max(topics, 1), n_docs)
+    rows, terms = rows_of(doc_len, doc_topic)
+    weights = np.minimum(rng.lognormal(-0.4, 0.8, len(rows)), 8.0)
+    docs = matrix(rows, terms, weights, n_docs, doc_len)
+
+    q_len = rng.integers(20, 41, n_queries)
+    source = rng.integers(0, n_docs, n_queries)
+    from_source = np.rint(q_len * 0.4).astype(np.int64)
+    rows, terms = rows_of(q_len - from_source, doc_topic[source])
+    weights = np.minimum(rng.lognormal(-0.4, 0.8, len(rows)), 8.0)
+    src_rows, src_terms, src_weights = [], [], []
+    for i, d in enumerate(source):
+        lo, hi = docs.indptr[d], docs.indptr[d + 1]
+        heavy = np.argsort(-docs.data[lo:hi], kind="stable")[: from_source[i]]
+        src_rows.append(np.full(len(heavy), i))
+        src_terms.append(docs.indices[lo:hi][heavy])
+        src_weights.append(docs.data[lo:hi][heavy].astype(np.float64))
+    queries = matrix(
+        np.concatenate([rows, *src_rows]),
+        np.concatenate([terms, *src_terms]),
+        np.concatenate([weights, *src_weights]),
+        n_queries,
+        q_len,
+    )
+    return docs, queries

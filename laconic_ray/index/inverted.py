@@ -18,6 +18,8 @@ Tuning knobs (the ranges that work on SPLADE-like vectors; see benchmarks/README
 * ``alpha`` (search, (0, 1], default 1 = exact, 0.8 in ``mode="approximate"``): a block is scored only while
   ``alpha * bound`` can beat the k-th score. On bisection-ordered shards 0.8 keeps recall@10 at 0.995-0.996
   (synthetic SPLADE-like, SciFact and CACM BM25 vectors), 0.6 at 0.975; lower trades recall for speed.
+* ``switch`` (attribute, default ``SWITCH`` = 2): how readily the blocks left under flat bounds are scored term
+  at a time instead of block by block (0 = never; see kernels.search_one). Results do not depend on it.
 * ``query_mass`` (search, (0, 1], default 1): keep the largest query weights that make up this share of the
   query's total weight (the long tail of small expansion terms costs time and rarely changes the top 10).
 """
@@ -57,6 +59,7 @@ class InvertedIndex:
     into per-document accumulators, where block pruning gains less than it costs (see kernels.py)."""
 
     ACCUMULATE_DOCS = 16_384
+    SWITCH = 2.0
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: ShardMeta, source: str = "") -> None:
         self.arrays = arrays
@@ -64,8 +67,10 @@ class InvertedIndex:
         self.source = source
         self.n_blocks = max(1, -(-meta.n_docs // meta.block_size))
         self._accumulate_docs = self.ACCUMULATE_DOCS
-        self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # search(): one query at a time
-        self._chunk_scratch: tuple[np.ndarray, np.ndarray] | None = None  # batch_search(): one per chunk
+        self.switch = self.SWITCH
+        # kernel scratch (block bounds, entry tables, term-at-a-time accumulators; see kernels.search_one)
+        self._scratch: tuple[np.ndarray, ...] | None = None  # search(): one query at a time
+        self._chunk_scratch: tuple[np.ndarray, ...] | None = None  # batch_search(): one per chunk
         self._id_text: str | bytes | None = None
         self._id_bounds: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._kernel_args: tuple | None = None
@@ -248,12 +253,13 @@ class InvertedIndex:
         self._stamp += n
         return self._stamp - n + 1
 
-    def _batch_scratch(self, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-chunk block bounds and entry tables for ``search_batch``, kept between calls (grown on need)."""
+    def _batch_scratch(self, n_chunks: int) -> tuple[np.ndarray, ...]:
+        """Per-chunk scratch for ``search_batch``, kept between calls (grown on need)."""
         if self._chunk_scratch is None or self._chunk_scratch[0].shape[0] < n_chunks:
             self._chunk_scratch = (
                 np.zeros((n_chunks, self.n_blocks)),
                 np.zeros((n_chunks, self.n_blocks, kernels.MAX_TABLE_TERMS), dtype=np.int64),
+                np.zeros((n_chunks, self.n_blocks * self.meta.block_size)),
             )
         return self._chunk_scratch
 
@@ -290,6 +296,7 @@ class InvertedIndex:
             self._scratch = (
                 np.zeros(self.n_blocks),
                 np.zeros((self.n_blocks, kernels.MAX_TABLE_TERMS), dtype=np.int64),
+                np.zeros(self.n_blocks * self.meta.block_size),
             )
         k_eff = min(int(k), max(self.n_docs, 1))
         scores, docs = np.empty(k_eff), np.empty(k_eff, dtype=np.int64)
@@ -305,6 +312,7 @@ class InvertedIndex:
             self.n_docs,
             self.meta.block_size,
             self.accumulate_docs,
+            self.switch,
             *self._scratch,
             self._stamps(1),
             scores,
@@ -401,6 +409,7 @@ class InvertedIndex:
                 self.n_docs,
                 self.meta.block_size,
                 self.accumulate_docs,
+                self.switch,
                 n_chunks,
                 *self._batch_scratch(n_chunks),
                 self._stamps(n_queries),
