@@ -817,6 +817,7 @@ class QuickstartConfig:
     num_shards: int = 2
     http: bool = True  # also query the index over HTTP (Ray Serve) for the latency figures
     port: int = 8000
+    serve_timeout_s: float = 10.0  # per shard call of the served evaluation (timeout_s of `laconic serve`)
     baselines: bool = True  # also evaluate the untrained model, phase 1 and BM25 (the report's comparison)
     encode_batch_size: int = 32
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -827,4 +828,5 @@ class QuickstartConfig:
         check(bool(self.dataset), "dataset", "name a BEIR collection (e.g. scifact) or give its path")
         check(bool(self.output), "output", "give a folder for the run's outputs")
         check(self.num_shards > 0, "num_shards", "must be > 0")
+        check(self.serve_timeout_s > 0, "serve_timeout_s", "must be > 0")
         check(self.corpus_limit is None or self.corpus_limit > 0, "corpus_limit", "must be > 0 or null")

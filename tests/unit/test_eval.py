@@ -158,3 +158,29 @@ def test_seismic_export_and_plots(tmp_path, data_root):
     plot_latency_recall(rows, str(tmp_path / "curve.png"))
     plot_deltas({"q1": 0.1, "q2": -0.2, "q3": 0.0}, "nDCG@10", str(tmp_path / "delta.png"))
     assert (tmp_path / "curve.png").stat().st_size > 1000 and (tmp_path / "delta.png").stat().st_size > 1000
+
+
+def test_served_evaluation_refuses_partial_answers():
+    # an overloaded machine once left the shards silent: the quickstart scored empty answers as nDCG@10 0.0
+    from laconic_ray.distributed.serving import SearchResult
+    from laconic_ray.quickstart import complete_answers
+
+    class Searcher:
+        def __init__(self, partial_batches: int) -> None:
+            self.calls, self.partial_batches = 0, partial_batches
+
+        def batch_search(self, texts, k):
+            self.calls += 1
+            if self.calls <= self.partial_batches:
+                return [SearchResult([], [], partial=True, missing_shards=[0, 1]) for _ in texts]
+            return [SearchResult(["d1"], [1.0]) for _ in texts]
+
+    flaky = Searcher(partial_batches=1)
+    assert [a.doc_ids for a in complete_answers(flaky, ["q1", "q2"], 10, 10.0)] == [["d1"], ["d1"]]
+    assert flaky.calls == 2  # asked again once
+    silent = Searcher(partial_batches=99)
+    with pytest.raises(
+        RuntimeError, match=r"2 of 2 served answers were partial \(shards \[0, 1\].*serve_timeout_s"
+    ):
+        complete_answers(silent, ["q1", "q2"], 10, 10.0)
+    assert silent.calls == 2
