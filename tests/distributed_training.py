@@ -145,7 +145,7 @@ def _train(rank: int, run: Run) -> None:
         gradient_checkpointing=run.gradient_checkpointing,
     )
     if rank == 0:  # a tied LM head must stay the embeddings' parameter through meta init and sharding
-        lm = encoder.causal_lm
+        lm = encoder.lm
         with open(os.path.join(run.out, f"{run.tag}-tied.txt"), "w") as f:
             f.write(str(lm.get_output_embeddings().weight is lm.get_input_embeddings().weight))
     batcher = ExampleBatcher(

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from laconic_ray.config import ModelConfig
-from laconic_ray.model.encoder import SparseEncoder, build_hf_config
+from laconic_ray.model.encoder import SparseEncoder, auto_model_class, build_hf_config
 
 
 def encoder_settings(model: ModelConfig) -> dict[str, Any]:
@@ -41,8 +41,7 @@ def build_encoder(model: ModelConfig, *, device: str | torch.device | None = Non
 
 
 def meta_model(model: ModelConfig):
-    """The causal LM of ``model.architecture`` on the meta device: shapes and parameter counts, no memory."""
-    from transformers import AutoModelForCausalLM
-
+    """The LM of ``model.architecture`` on the meta device: shapes and parameter counts, no memory."""
+    config = build_hf_config(dict(model.architecture))
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(build_hf_config(dict(model.architecture)))
+        return auto_model_class(config.to_dict()).from_config(config)

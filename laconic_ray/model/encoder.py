@@ -64,7 +64,12 @@ class EncoderSettings:
     passage_max_length: int = 192
     top_k: int | None = 512
     pooling: str = "max"
+    # log1p_relu: log(1 + ReLU(x)) (SPLADE, LACONIC); log1p_log1p_relu: log(1 + log(1 + ReLU(x))), OpenSearch's
+    # doc-only models (sentence-transformers' SpladePooling calls these "relu" and "log1p_relu")
     activation: str = "log1p_relu"
+    # Add the tokenizer's own special tokens ([CLS] ... [SEP] for BERT). False for causal LMs (the no-BOS rule);
+    # True for masked-LM SPLADE models, which were trained with them
+    special_tokens: bool = False
     # Subtracted from the pooled logits before ReLU. 0 for pretrained LLMs, whose LM heads already give most
     # ids a negative logit. A randomly initialised model gives every id a positive max logit (dense vectors whose
     # huge dot products saturate InfoNCE and collapse training); a small offset keeps only the ids that stand out,
@@ -73,8 +78,11 @@ class EncoderSettings:
 
     def __post_init__(self) -> None:
         get_mode(self.mode)
-        if self.pooling != "max" or self.activation != "log1p_relu":
-            raise ValueError(f"unsupported pooling/activation {self.pooling}/{self.activation}")
+        if self.pooling != "max" or self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unsupported pooling/activation {self.pooling}/{self.activation} (pooling: max; activation: "
+                f"one of {sorted(ACTIVATIONS)})"
+            )
         if self.query_max_length <= 0 or self.passage_max_length <= 0:
             raise ValueError("max lengths must be > 0")
         if self.top_k is not None and self.top_k <= 0:
@@ -83,7 +91,11 @@ class EncoderSettings:
     @property
     def text_format(self) -> TextFormat:
         return TextFormat(
-            self.query_prefix, self.passage_prefix, self.query_max_length, self.passage_max_length
+            self.query_prefix,
+            self.passage_prefix,
+            self.query_max_length,
+            self.passage_max_length,
+            self.special_tokens,
         )
 
     def to_json(self, **extra: Any) -> str:
@@ -272,8 +284,12 @@ def max_pool_logits_naive(
     return logits.masked_fill(~pool_mask.unsqueeze(-1), float("-inf")).amax(dim=1)
 
 
-def activate(pooled: torch.Tensor, bias: float = 0.0) -> torch.Tensor:
-    return torch.log1p(torch.relu(pooled - bias)) if bias else torch.log1p(torch.relu(pooled))
+ACTIVATIONS = ("log1p_relu", "log1p_log1p_relu")
+
+
+def activate(pooled: torch.Tensor, bias: float = 0.0, activation: str = "log1p_relu") -> torch.Tensor:
+    weights = torch.log1p(torch.relu(pooled - bias)) if bias else torch.log1p(torch.relu(pooled))
+    return torch.log1p(weights) if activation == "log1p_log1p_relu" else weights
 
 
 def dense_to_csr(weights: torch.Tensor, top_k: int | None) -> sp.csr_matrix:
@@ -329,7 +345,18 @@ class SparseEncoder(nn.Module):
         # sha256 of the saved weights (laconic.json's model_id): what vectors and indexes record, so that a
         # query encoder can be matched with the index it searches. None until saved, or for plain HF models.
         self.model_id: str | None = None
-        self.mode.apply(self.causal_lm)
+        self.masked = is_masked_lm(self.lm)
+        if self.masked:  # classic SPLADE: bidirectional by construction, padded with its own [PAD]
+            if self.settings.mode != "bidirectional":
+                raise UnsupportedModel(
+                    f"mode={self.settings.mode}: a masked LM ({type(self.lm).__name__}) encodes bidirectionally "
+                    "only (echo and causal are modes of causal LMs)"
+                )
+            expose_head_input(self.lm)
+            if tokenizer.pad_token_id is not None:
+                self.pad_id = int(tokenizer.pad_token_id)
+        else:
+            self.mode.apply(self.lm)
         if len(tokenizer) > self.vocab_size:
             raise ValueError(
                 f"tokenizer has {len(tokenizer)} ids but the model's LM head only {self.vocab_size}"
@@ -338,8 +365,9 @@ class SparseEncoder(nn.Module):
     # ------------------------------------------------------------------------------------------ structure
 
     @property
-    def causal_lm(self) -> nn.Module:
-        """The Hugging Face causal LM (unwrapped from peft when LoRA is on; LoRA layers live inside it)."""
+    def lm(self) -> nn.Module:
+        """The Hugging Face LM, causal or masked (unwrapped from peft when LoRA is on; LoRA layers live
+        inside it)."""
         return self.model.get_base_model() if self.has_lora else self.model
 
     @property
@@ -350,7 +378,7 @@ class SparseEncoder(nn.Module):
 
     @property
     def lm_head(self) -> nn.Module:
-        return self.causal_lm.get_output_embeddings()
+        return self.lm.get_output_embeddings()
 
     @property
     def vocab_size(self) -> int:
@@ -363,8 +391,12 @@ class SparseEncoder(nn.Module):
     # -------------------------------------------------------------------------------------------- forward
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states [batch, seq, hidden] (after the final norm) of the decoder."""
-        decoder = self.causal_lm.get_decoder()
+        """What the LM head projects to vocabulary logits, [batch, seq, hidden]: a causal LM's last hidden states
+        (after the final norm); a masked LM's after its MLM head's transform (dense, activation, norm), the
+        model's own forward ending at :class:`HeadInput`."""
+        if self.masked:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+        decoder = self.lm.get_decoder()
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
@@ -382,7 +414,11 @@ class SparseEncoder(nn.Module):
             self.vocab_chunk,
             POOLING_LAYOUTS[self.pooling_layout],
         )
-        return activate(pooled, self.settings.logit_bias)
+        return self.activate(pooled)
+
+    def activate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled logits [batch, vocab] -> weights, under this encoder's logit bias and activation."""
+        return activate(pooled, self.settings.logit_bias, self.settings.activation)
 
     # ------------------------------------------------------------------------------------------- encoding
 
@@ -485,7 +521,7 @@ class SparseEncoder(nn.Module):
                 self.vocab_chunk,
                 POOLING_LAYOUTS[self.pooling_layout],
             )
-            block = dense_to_csr(activate(pooled, self.settings.logit_bias), top_k)
+            block = dense_to_csr(self.activate(pooled), top_k)
             t3 = time.perf_counter()
         return block, {
             "pad_s": t1 - t0,
@@ -555,9 +591,7 @@ class SparseEncoder(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each decoder layer in backward instead of storing its activations (transformers 5.x API)."""
-        self.causal_lm.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}
-        )
+        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     # ----------------------------------------------------------------------------------------- save/load
 
@@ -578,12 +612,12 @@ class SparseEncoder(nn.Module):
                 storage.upload_dir(tmp, uri, options, last=LACONIC_FILE)
             return uri
         os.makedirs(uri, exist_ok=True)
-        self.causal_lm.save_pretrained(uri, safe_serialization=True, max_shard_size=max_shard_size)
+        self.lm.save_pretrained(uri, safe_serialization=True, max_shard_size=max_shard_size)
         self.tokenizer.save_pretrained(uri)
         self.model_id = weights_digest(uri)
         extra = {
             "vocab_size": self.vocab_size,
-            "model_type": self.causal_lm.config.model_type,
+            "model_type": self.lm.config.model_type,
             "model_id": self.model_id,
         }
         storage.write_bytes(os.path.join(uri, LACONIC_FILE), self.settings.to_json(**extra).encode())
@@ -605,12 +639,14 @@ class SparseEncoder(nn.Module):
         options: storage.StorageOptions | None = None,
         **settings: Any,
     ) -> SparseEncoder:
-        """Load a laconic checkpoint (settings from its ``laconic.json``) or any HF causal LM (default
-        settings); explicit arguments override the saved settings. ``lora`` (r, alpha, dropout,
-        target_modules) adds fresh adapters after the attention mode is applied."""
-        from transformers import AutoConfig, AutoModelForCausalLM
+        """Load a laconic checkpoint (settings from its ``laconic.json``), a released checkpoint known by its
+        hub id (``utahnlp/laconic-1b``, ``naver/splade-v3``: settings from :mod:`registry`), or any HF causal or
+        masked LM (default settings for its kind); explicit arguments override those settings. ``lora`` (r,
+        alpha, dropout, target_modules) adds fresh adapters after the attention mode is applied."""
+        from transformers import AutoConfig
 
         source = os.fspath(name_or_path)
+        refuse_doc_only(source)
         if storage.is_remote(source):
             source = storage.localize(source, options)
         if (Path(source) / ADAPTER_FILE).is_file() and not (Path(source) / "config.json").is_file():
@@ -629,19 +665,13 @@ class SparseEncoder(nn.Module):
             if lora:
                 encoder.add_lora(**lora)
             return encoder
-        saved = _read_settings(source)
-        fields = dataclasses.asdict(saved) if saved else {}
-        fields.update({k: v for k, v in settings.items() if v is not None})
-        if mode is not None:
-            fields["mode"] = mode
-        encoder_settings = EncoderSettings(**fields)
         try:
             config = AutoConfig.from_pretrained(source)
             check_architecture(config.to_dict(), source)
             if _is_meta(device):  # shapes only: read config.json, no weights
                 model = _empty_model(config, dtype, attn_implementation)
             else:
-                model = AutoModelForCausalLM.from_pretrained(
+                model = auto_model_class(config.to_dict()).from_pretrained(
                     source, config=config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
                 )
         except OSError as e:
@@ -653,6 +683,11 @@ class SparseEncoder(nn.Module):
                 "token: HF_TOKEN here, and on Ray workers in the nodes' own environment (runtime envs, which "
                 "Ray logs, never carry it)"
             ) from None
+        fields = default_settings(os.fspath(name_or_path), source, config.to_dict())
+        fields.update({k: v for k, v in settings.items() if v is not None})
+        if mode is not None:
+            fields["mode"] = mode
+        encoder_settings = EncoderSettings(**fields)
         encoder = cls(
             model,
             load_tokenizer(tokenizer or source),
@@ -707,15 +742,13 @@ class SparseEncoder(nn.Module):
     ) -> SparseEncoder:
         """Random init from an HF config (object or dict with ``model_type``) and a tokenizer (object or
         anything :func:`load_tokenizer` takes)."""
-        from transformers import AutoModelForCausalLM
-
         config = build_hf_config(config)
         if seed is not None:
             torch.manual_seed(seed)
         if _is_meta(device):
             model = _empty_model(config, dtype, attn_implementation)
         else:
-            model = AutoModelForCausalLM.from_config(
+            model = auto_model_class(config.to_dict()).from_config(
                 config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
             )
         if isinstance(tokenizer, str | os.PathLike):
@@ -740,25 +773,77 @@ class UnsupportedModel(ValueError):
     """A checkpoint this encoder would load, but encode wrongly (an encoder-only masked LM, say)."""
 
 
-# Encoder-only families: AutoModelForCausalLM turns their masked-LM checkpoints into a decoder (BERT ->
-# BertLMHeadModel) with a warning only, and the vectors come out silently wrong
+# Encoder-only families. AutoModelForCausalLM would turn their masked-LM checkpoints into a decoder (BERT ->
+# BertLMHeadModel) with a warning only; they load with AutoModelForMaskedLM instead
 ENCODER_ONLY = {"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2",
                 "modernbert", "mpnet", "albert"}  # fmt: skip
 
 
-def check_architecture(config: dict[str, Any], source: str) -> None:
-    """Refuse what would load but encode wrongly: a masked-LM (classic BERT SPLADE) or encoder-only checkpoint.
-    ``config`` is the checkpoint's ``config.json``."""
+def is_masked_lm(model: nn.Module) -> bool:
+    """A masked LM (``*ForMaskedLM``: classic SPLADE's backbone) rather than a causal one."""
+    return type(model).__name__.endswith("ForMaskedLM")
+
+
+def config_is_masked(config: dict[str, Any]) -> bool:
+    """Whether a ``config.json`` (as a dict) describes a masked LM: its architecture, or for a config with
+    none (built in code), its family."""
     architectures = config.get("architectures") or []
-    if any(a.endswith("ForCausalLM") for a in architectures):
-        return
-    masked = next((a for a in architectures if a.endswith("ForMaskedLM")), None)
-    if masked or config.get("model_type") in ENCODER_ONLY:
-        what = masked or f"{config.get('model_type')} (encoder-only)"
+    if architectures:
+        return any(a.endswith("ForMaskedLM") for a in architectures)
+    return config.get("model_type") in ENCODER_ONLY
+
+
+def auto_model_class(config: dict[str, Any]):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM if config_is_masked(config) else AutoModelForCausalLM
+
+
+class HeadInput(nn.Linear):
+    """A masked LM's output projection that hands back its input instead of [.., vocab] logits: the model's
+    own forward then ends where the MLM head's transform (dense, activation, norm: it differs per family)
+    ends, and :func:`max_pool_logits` projects chunk by chunk with this layer's weight and bias. Swapped in
+    by class only, so parameter names, tying and state dicts are those of the ``nn.Linear`` it was."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+def expose_head_input(model: nn.Module) -> None:
+    head = model.get_output_embeddings()
+    if type(head) not in (nn.Linear, HeadInput):
         raise UnsupportedModel(
-            f"{source}: a {what} checkpoint, such as a classic SPLADE model; laconic_ray encodes with causal "
-            "LMs (Llama, Qwen2, Mistral: LACONIC, CSPLADE) and would load this one as a decoder, giving wrong "
-            "vectors. Masked-LM SPLADE support is not built yet"
+            f"{type(model).__name__}: its output projection is a {type(head).__name__}, not a Linear layer; "
+            "only masked LMs whose MLM head ends in one (BERT, DistilBERT, RoBERTa, ...) are supported"
+        )
+    head.__class__ = HeadInput
+
+
+def check_architecture(config: dict[str, Any], source: str) -> None:
+    """Refuse what would load but encode wrongly: an encoder-only checkpoint without its masked-LM head (a bare
+    ``BertModel``: AutoModelForMaskedLM would add a random head). ``config`` is the checkpoint's
+    ``config.json``."""
+    architectures = config.get("architectures") or []
+    if any(a.endswith(("ForCausalLM", "ForMaskedLM")) for a in architectures):
+        return
+    if config.get("model_type") in ENCODER_ONLY:
+        what = ", ".join(architectures) or config.get("model_type")
+        raise UnsupportedModel(
+            f"{source}: a {what} checkpoint without a masked-LM head; a sparse encoder needs the vocabulary "
+            "projection (a *ForMaskedLM checkpoint, as SPLADE models are, or a *ForCausalLM one)"
+        )
+
+
+def refuse_doc_only(name: str, key: str = "model") -> None:
+    """A document-only SPLADE model (queries through an inference-free idf table, not the MLM) would encode
+    its queries wrongly here: refuse it by name, before anything is downloaded."""
+    from laconic_ray.model.registry import is_doc_only
+
+    if is_doc_only(name):
+        raise UnsupportedModel(
+            f"{key}: {name} is a document-only model (its queries are tokens weighted by an idf table, not MLM "
+            "outputs); inference-free query encoders are not built yet. Use a symmetric model (naver/splade-v3, "
+            "opensearch-project/opensearch-neural-sparse-encoding-v2-distill)"
         )
 
 
@@ -769,6 +854,7 @@ def check_model_source(
     folder or ``s3://`` prefix must hold ``config.json`` (or a PEFT ``adapter_config.json``); a hub id must be
     reachable (its ``config.json``, one small request, or the local cache with HF_HUB_OFFLINE=1)."""
     source = os.fspath(source)
+    refuse_doc_only(source, key)
     if storage.is_remote(source):
         if not any(storage.exists(storage.join(source, f), options) for f in ("config.json", ADAPTER_FILE)):
             raise ModelUnavailable(f"{key}: {source} holds no config.json: not a model folder")
@@ -825,10 +911,9 @@ def _empty_model(config: Any, dtype: str | torch.dtype | None, attn_implementati
     non-persistent buffers such as rotary frequencies are computed at construction and are in no state
     dict, so they must exist before the weights are loaded into a materialised copy (parallel.py)."""
     from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(
+        model = auto_model_class(config.to_dict()).from_config(
             config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
         )
     model.tie_weights()  # the empty-weights context replaced the tied parameter by two meta ones
@@ -864,6 +949,31 @@ def _saved_model_id(source: str) -> str | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get("model_id")
+
+
+def default_settings(name: str, source: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint encodes with unless the caller overrides them: its ``laconic.json``; else
+    the registry's entry for its hub id; else the defaults of its kind (masked LMs: SPLADE's)."""
+    from laconic_ray.model.registry import known_settings
+
+    saved = _read_settings(source)
+    if saved is not None:
+        return dataclasses.asdict(saved)
+    known = known_settings(name)
+    if known is not None:
+        return known
+    return dict(MASKED_LM_DEFAULTS) if config_is_masked(config) else {}
+
+
+# A masked-LM SPLADE model without laconic.json: the tokenizer's [CLS] ... [SEP], no prefixes, and the lengths
+# SPLADE models are trained and served with (naver/splade-v3: 512 tokens in sentence-transformers)
+MASKED_LM_DEFAULTS = {
+    "query_prefix": "",
+    "passage_prefix": "",
+    "special_tokens": True,
+    "query_max_length": 512,
+    "passage_max_length": 512,
+}
 
 
 def _read_settings(source: str) -> EncoderSettings | None:

@@ -167,6 +167,7 @@ class TextFormat:
     passage_prefix: str = "passage: "
     query_max_length: int = 64
     passage_max_length: int = 192
+    special_tokens: bool = False  # add the tokenizer's special tokens (masked-LM SPLADE models only)
 
     def prefix(self, kind: Kind) -> str:
         return self.query_prefix if kind == "query" else self.passage_prefix
@@ -176,13 +177,14 @@ class TextFormat:
 
 
 def tokenize(tokenizer, texts: Sequence[str], kind: Kind, text_format: TextFormat) -> list[list[int]]:
-    """Token ids of ``prefix + text`` for each text: no special tokens added, truncated to the max length."""
+    """Token ids of ``prefix + text`` for each text, truncated to the max length (special tokens included):
+    no special tokens added unless ``text_format.special_tokens`` (masked-LM SPLADE models)."""
     if kind not in ("query", "passage"):
         raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
     prefix = text_format.prefix(kind)
     encoded = tokenizer(
         [prefix + t for t in texts],
-        add_special_tokens=False,
+        add_special_tokens=text_format.special_tokens,
         truncation=True,
         max_length=text_format.max_length(kind),
         split_special_tokens=True,

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from laconic_ray.model.encoder import POOLING_LAYOUTS, SparseEncoder, activate, max_pool_logits
+from laconic_ray.model.encoder import POOLING_LAYOUTS, SparseEncoder, max_pool_logits
 from laconic_ray.model.losses import (
     FlopsSchedule,
     LossTerms,
@@ -53,7 +53,7 @@ class AdaptationModel(nn.Module):
             self.encoder.vocab_chunk,
             POOLING_LAYOUTS[self.encoder.pooling_layout],
         )
-        return lm, saturation_loss(pooled, ids, mask), activate(pooled, self.encoder.settings.logit_bias)
+        return lm, saturation_loss(pooled, ids, mask), self.encoder.activate(pooled)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,23 +130,23 @@ def test_verbose_keeps_third_party_debug_out():
     assert logging.getLogger("jnius").getEffectiveLevel() >= logging.WARNING
 
 
-def test_a_masked_lm_checkpoint_is_refused_not_encoded_wrongly(tmp_path):
-    """A classic SPLADE model (BertForMaskedLM) used to load as BertLMHeadModel, a decoder, and encode wrong
-    vectors with only a warning."""
-    from transformers import BertConfig, BertForMaskedLM
+def test_an_encoder_without_its_mlm_head_is_refused_before_ray_starts(tmp_path):
+    """A bare BertModel would load as a masked LM with a random head and encode noise; it is refused, on the
+    driver, in one line."""
+    from transformers import BertConfig, BertModel
 
     from laconic_ray.model.encoder import SparseEncoder, UnsupportedModel, check_model_source
 
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
     )
-    BertForMaskedLM(config).save_pretrained(str(tmp_path / "splade"))
-    with pytest.raises(UnsupportedModel, match="BertForMaskedLM checkpoint"):
+    BertModel(config).save_pretrained(str(tmp_path / "splade"))
+    with pytest.raises(UnsupportedModel, match="BertModel checkpoint without a masked-LM head"):
         SparseEncoder.from_pretrained(str(tmp_path / "splade"), tokenizer="laconic:bert-base-uncased")
-    with pytest.raises(UnsupportedModel, match=r"model: .*BertForMaskedLM"):
+    with pytest.raises(UnsupportedModel, match=r"model: .*BertModel"):
         check_model_source(str(tmp_path / "splade"))
     result = laconic("encode", f"model={tmp_path / 'splade'}", "corpus=scifact", f"output={tmp_path / 'v'}")
-    assert result.returncode == 2 and "BertForMaskedLM" in result.stderr
+    assert result.returncode == 2 and "BertModel" in result.stderr
     assert (
         len(result.stderr.strip().splitlines()) == 1 and "starting a local Ray cluster" not in result.stderr
     )

@@ -195,7 +195,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         encoder.train()
         batch = encoder.prepare(TEXTS, "passage")
         encoder(batch.input_ids, batch.attention_mask, batch.pool_mask).sum().backward()
-        grads.append(encoder.causal_lm.get_decoder().layers[0].mlp.up_proj.weight.grad.clone())
+        grads.append(encoder.lm.get_decoder().layers[0].mlp.up_proj.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
 
 
@@ -225,11 +225,11 @@ def test_save_load_through_s3(tmp_path, s3_bucket):
 
 def test_plain_causal_lm_dir_loads_with_default_settings(tmp_path):
     encoder = tiny_encoder("causal")
-    encoder.causal_lm.save_pretrained(tmp_path / "plain")
+    encoder.lm.save_pretrained(tmp_path / "plain")
     encoder.tokenizer.save_pretrained(tmp_path / "plain")
     loaded = SparseEncoder.from_pretrained(tmp_path / "plain")  # no laconic.json: LACONIC defaults
     assert loaded.settings.mode == "bidirectional" and loaded.settings.top_k == 512
-    assert loaded.causal_lm.config.is_causal is False
+    assert loaded.lm.config.is_causal is False
 
 
 def test_save_refuses_unmerged_lora(tmp_path):
@@ -265,7 +265,7 @@ def test_model_config_errors():
 def test_bfloat16_compute_returns_float32_weights_close_to_fp32():
     fp32 = tiny_encoder(seed=5)
     bf16 = tiny_encoder(seed=5, dtype="bfloat16")
-    assert next(bf16.causal_lm.parameters()).dtype == torch.bfloat16
+    assert next(bf16.lm.parameters()).dtype == torch.bfloat16
     batch = bf16.prepare(TEXTS, "passage")
     with torch.no_grad():
         w16 = bf16(batch.input_ids, batch.attention_mask, batch.pool_mask)
@@ -284,7 +284,7 @@ def test_logit_bias_shifts_before_relu_and_survives_save_load(tmp_path):
     with torch.no_grad():
         pooled = max_pool_logits(
             plain.hidden_states(batch.input_ids, batch.attention_mask),
-            plain.causal_lm.get_output_embeddings().weight,
+            plain.lm.get_output_embeddings().weight,
             None,
             batch.pool_mask,
         )

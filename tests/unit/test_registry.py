@@ -1,0 +1,109 @@
+"""Released checkpoints by name: a hub cache laid out as the hub's repos are (tiny random weights, the real
+config and tokenizer files' kinds), loaded offline by hub id in a fresh process, as a user's would be."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from laconic_ray.model import SparseEncoder
+from laconic_ray.model.encoder import UnsupportedModel, check_model_source
+from laconic_ray.model.registry import KNOWN
+from tests.models import save_masked_lm, tiny_architecture, tokenizer_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hub_snapshot(cache: Path, repo_id: str) -> Path:
+    """The folder ``huggingface_hub`` resolves ``repo_id`` to offline (``refs/main`` -> a snapshot)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def released_laconic(folder: Path) -> None:
+    """As the LACONIC release ships a model: merged Llama-3 weights saved by LlamaBiForMNTP (llm2vec's
+    bidirectional LlamaForCausalLM), the Llama-3 tokenizer, no laconic.json."""
+    encoder = SparseEncoder.from_config(tiny_architecture("llama", 128256), tokenizer_path("llama3"), seed=3)
+    encoder.lm.config.architectures = ["LlamaBiForMNTP"]
+    encoder.lm.save_pretrained(str(folder))
+    encoder.tokenizer.save_pretrained(str(folder))
+    assert not (folder / "laconic.json").exists()
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, json
+    import numpy as np
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from laconic_ray.model import SparseEncoder
+
+    out = {}
+    laconic = SparseEncoder.from_pretrained("utahnlp/laconic-1b")
+    ids = laconic.tokenize(["what is aspirin"], "query")[0]
+    out["laconic"] = {
+        "settings": dataclasses.asdict(laconic.settings),
+        "causal": bool(laconic.lm.config.is_causal),
+        "first_token": laconic.tokenizer.decode(ids[:2]),
+        "bos_in": laconic.tokenizer.bos_token_id in ids,
+    }
+    texts = ["Aspirin reduces the risk of heart attacks.", "short"]
+    splade = SparseEncoder.from_pretrained("naver/splade-v3")
+    theirs = STSparseEncoder("naver/splade-v3", device="cpu")
+    out["splade"] = {
+        "settings": dataclasses.asdict(splade.settings),
+        "max_abs_diff": max(
+            float(np.abs(splade.encode(texts, kind).toarray()
+                  - encode(texts, convert_to_tensor=True).to_dense().numpy()).max())
+            for kind, encode in (("query", theirs.encode_query), ("passage", theirs.encode_document))
+        ),
+    }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_released_checkpoints_load_by_hub_id_offline_with_their_settings(tmp_path):
+    cache = tmp_path / "hub"
+    released_laconic(hub_snapshot(cache, "utahnlp/laconic-1b"))
+    save_masked_lm(hub_snapshot(cache, "naver/splade-v3"))
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    laconic = out["laconic"]
+    for key, value in KNOWN["utahnlp/laconic-1b"].items():
+        assert laconic["settings"][key] == value, key
+    assert laconic["causal"] is False and laconic["bos_in"] is False
+    assert laconic["first_token"] == "query:"
+    assert out["splade"]["settings"]["special_tokens"] is True
+    assert out["splade"]["settings"]["passage_max_length"] == 512
+    assert out["splade"]["max_abs_diff"] <= 1e-5
+
+
+def test_document_only_models_are_refused_by_name_before_any_download():
+    name = "opensearch-project/opensearch-neural-sparse-encoding-doc-v3-distill"
+    with pytest.raises(UnsupportedModel, match="document-only"):
+        SparseEncoder.from_pretrained(name)
+    with pytest.raises(UnsupportedModel, match=r"model: .*document-only"):
+        check_model_source(name)
+
+
+def test_registry_entries_are_valid_settings():
+    from laconic_ray.model.encoder import EncoderSettings
+
+    for name, entry in KNOWN.items():
+        EncoderSettings(**entry)  # raises on a bad entry
+        assert name.count("/") == 1, name
+    assert json.dumps(KNOWN)  # plain data

@@ -1,0 +1,105 @@
+"""Classic SPLADE models (masked LMs: BERT, DistilBERT) behind the same SparseEncoder, checked against
+sentence-transformers' own SparseEncoder on tiny random models saved as the hub's are."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from laconic_ray.model import SparseEncoder
+from laconic_ray.model.encoder import UnsupportedModel
+from tests.models import save_masked_lm
+
+TEXTS = [
+    "Aspirin reduces the risk of heart attacks in adults over fifty.",
+    "short one",
+    "The mitochondria is the powerhouse of the cell, producing ATP through oxidative phosphorylation. " * 40,
+    "",
+]
+
+
+def reference(folder, **kwargs):
+    """sentence-transformers' SparseEncoder on the same folder: a fill-mask model becomes its
+    (MLM) Transformer + SpladePooling, as naver/splade-* load."""
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+
+    return STSparseEncoder(folder, device="cpu", **kwargs)
+
+
+def st_vectors(model, texts, kind):
+    encode = model.encode_query if kind == "query" else model.encode_document
+    return encode(texts, convert_to_tensor=True).to_dense().numpy()
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_masked_lm_vectors_equal_sentence_transformers(tmp_path, family):
+    folder = save_masked_lm(tmp_path / family, family)
+    ours = SparseEncoder.from_pretrained(folder)
+    assert ours.masked and ours.settings.special_tokens and ours.settings.query_prefix == ""
+    theirs = reference(folder)
+    assert theirs.max_seq_length == ours.settings.passage_max_length == 512
+    for kind in ("query", "passage"):
+        want = st_vectors(theirs, TEXTS, kind)
+        np.testing.assert_allclose(ours.encode(TEXTS, kind).toarray(), want, atol=1e-5, rtol=0)
+        assert (want[3] > 0).sum() > 0  # an empty text is [CLS] [SEP]: both pooled, as in SPLADE
+    # the special tokens are in: [CLS] first, [SEP] last, truncated at 512 with both kept
+    ids = ours.tokenize([TEXTS[0], TEXTS[2]], "passage")
+    tok = ours.tokenizer
+    assert ids[0][0] == tok.cls_token_id and ids[0][-1] == tok.sep_token_id
+    assert len(ids[1]) == 512 and ids[1][-1] == tok.sep_token_id
+
+
+def test_opensearch_activation_equals_sentence_transformers_log1p_relu(tmp_path):
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    folder = save_masked_lm(tmp_path / "m")
+    ours = SparseEncoder.from_pretrained(folder, activation="log1p_log1p_relu")
+    mlm = MLMTransformer(folder)
+    theirs = STSparseEncoder(
+        modules=[mlm, SpladePooling("max", activation_function="log1p_relu")], device="cpu"
+    )
+    np.testing.assert_allclose(
+        ours.encode(TEXTS, "passage", top_k=None).toarray(), st_vectors(theirs, TEXTS, "passage"), atol=1e-5
+    )
+
+
+def test_saved_masked_model_round_trips_settings_and_vectors(tmp_path):
+    ours = SparseEncoder.from_pretrained(save_masked_lm(tmp_path / "m"), passage_max_length=256)
+    ours.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "laconic.json").read_text())
+    assert saved["special_tokens"] is True and saved["passage_max_length"] == 256
+    again = SparseEncoder.from_pretrained(tmp_path / "saved")
+    assert again.settings == ours.settings and again.masked
+    np.testing.assert_array_equal(
+        again.encode_documents(TEXTS).toarray(), ours.encode_documents(TEXTS).toarray()
+    )
+
+
+def test_training_forward_matches_inference_and_has_gradients(tmp_path):
+    """The training path (forward with grads: PooledProjection's sparse backward) works on a masked LM."""
+    ours = SparseEncoder.from_pretrained(save_masked_lm(tmp_path / "m"))
+    batch = ours.prepare(TEXTS[:3], "passage")
+    weights = ours(batch.input_ids, batch.attention_mask, batch.pool_mask)
+    np.testing.assert_allclose(
+        weights.detach().numpy(), ours.encode(TEXTS[:3], "passage", top_k=None).toarray(), atol=1e-5
+    )
+    weights.sum().backward()
+    grad = ours.lm_head.weight.grad
+    assert grad is not None and torch.count_nonzero(grad) > 0
+
+
+def test_what_would_encode_wrongly_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    folder = save_masked_lm(tmp_path / "m")
+    with pytest.raises(UnsupportedModel, match="bidirectionally only"):
+        SparseEncoder.from_pretrained(folder, mode="echo")
+    # a bare encoder (no MLM head): AutoModelForMaskedLM would add a random one
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    BertModel(config).save_pretrained(str(tmp_path / "bare"))
+    with pytest.raises(UnsupportedModel, match="without a masked-LM head"):
+        SparseEncoder.from_pretrained(tmp_path / "bare", tokenizer="laconic:bert-base-uncased")
