@@ -565,6 +565,70 @@ class SparseEncoder(nn.Module):
         """Passages -> CSR [n, vocab]; the pipeline passes ``top_k=settings.top_k`` (512 by default)."""
         return self.encode(texts, "passage", batch_size=batch_size, top_k=top_k)
 
+    # ------------------------------------------------------------ sentence-transformers' SparseEncoder API
+
+    def encode_query(
+        self,
+        sentences: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_active_dims: int | None = None,
+        output: str = "torch",
+    ):
+        """As sentence-transformers' ``SparseEncoder.encode_query``: one text -> one [vocab] vector, a list ->
+        [n, vocab]; ``output`` ``torch`` (sparse COO, theirs by default), ``scipy`` (CSR, always 2-D) or
+        ``dense``; ``max_active_dims`` keeps each vector's largest weights."""
+        return self._encode_as(sentences, "query", batch_size, max_active_dims, output)
+
+    def encode_document(
+        self,
+        sentences: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_active_dims: int | None = None,
+        output: str = "torch",
+    ):
+        """As :meth:`encode_query`, for documents (passage prefix and length)."""
+        return self._encode_as(sentences, "passage", batch_size, max_active_dims, output)
+
+    def _encode_as(self, sentences, kind: Kind, batch_size: int, max_active_dims: int | None, output: str):
+        if output not in ("torch", "scipy", "dense"):
+            raise ValueError(f"output must be torch, scipy or dense, got {output!r}")
+        single = isinstance(sentences, str)
+        csr = self.encode([sentences] if single else list(sentences), kind, batch_size=batch_size,
+                          top_k=max_active_dims)  # fmt: skip
+        if output == "scipy":
+            return csr
+        coo = csr.tocoo()
+        tensor = torch.sparse_coo_tensor(  # CSR rows give sorted, unique (row, id) pairs: valid and coalesced
+            np.vstack([coo.row, coo.col]), torch.from_numpy(coo.data), csr.shape, is_coalesced=True,
+            check_invariants=False,
+        )  # fmt: skip
+        if single:
+            tensor = tensor[0].coalesce()
+        return tensor.to_dense() if output == "dense" else tensor
+
+    def decode(self, embeddings, top_k: int | None = None) -> list:
+        """Vector(s) -> their tokens as strings with weights, heaviest first: a list of ``(token, weight)``
+        for one vector (1-D, or one row), a list of such lists for a matrix. Takes what the encode methods
+        return (torch sparse or dense, scipy)."""
+        matrix, single = _as_csr(embeddings)
+        decoded = []
+        for i in range(matrix.shape[0]):
+            row = matrix[i]
+            order = np.argsort(-row.data, kind="stable")[:top_k]
+            tokens = self.tokenizer.convert_ids_to_tokens(row.indices[order].tolist())
+            decoded.append(list(zip(tokens, row.data[order].tolist(), strict=True)))
+        return decoded[0] if single else decoded
+
+    @staticmethod
+    def similarity(a, b) -> torch.Tensor:
+        """Dot products [n_a, n_b] (SPLADE's, and sentence-transformers' for SparseEncoder) of two sets of
+        vectors in any format the encode methods return."""
+        left, _ = _as_csr(a)
+        right, _ = _as_csr(b)
+        return torch.from_numpy(np.asarray((left @ right.T).todense(), dtype=np.float32))
+
     # ---------------------------------------------------------------------------------- training helpers
 
     def add_lora(
@@ -620,6 +684,10 @@ class SparseEncoder(nn.Module):
             "model_type": self.lm.config.model_type,
             "model_id": self.model_id,
         }
+        if self.masked:  # loadable by sentence-transformers too
+            from laconic_ray.model import st_format
+
+            st_format.write_files(uri, self.settings, self.vocab_size)
         storage.write_bytes(os.path.join(uri, LACONIC_FILE), self.settings.to_json(**extra).encode())
         return uri
 
@@ -683,14 +751,15 @@ class SparseEncoder(nn.Module):
                 "token: HF_TOKEN here, and on Ray workers in the nodes' own environment (runtime envs, which "
                 "Ray logs, never carry it)"
             ) from None
-        fields = default_settings(os.fspath(name_or_path), source, config.to_dict())
+        loaded_tokenizer = load_tokenizer(tokenizer or source)
+        fields = default_settings(os.fspath(name_or_path), source, config.to_dict(), loaded_tokenizer)
         fields.update({k: v for k, v in settings.items() if v is not None})
         if mode is not None:
             fields["mode"] = mode
         encoder_settings = EncoderSettings(**fields)
         encoder = cls(
             model,
-            load_tokenizer(tokenizer or source),
+            loaded_tokenizer,
             encoder_settings,
             vocab_chunk=vocab_chunk,
             pooling_layout=pooling_layout,
@@ -763,6 +832,19 @@ class SparseEncoder(nn.Module):
         if lora:
             encoder.add_lora(**lora)
         return encoder.to(device) if device and not _is_meta(device) else encoder
+
+
+def _as_csr(vectors) -> tuple[sp.csr_matrix, bool]:
+    """Vectors (torch sparse/dense 1-D or 2-D, scipy sparse, numpy) -> (CSR [n, vocab], whether one 1-D vector)."""
+    if isinstance(vectors, torch.Tensor):
+        vectors = vectors.detach().cpu()
+        vectors = vectors.to_dense() if vectors.is_sparse else vectors
+        vectors = vectors.float().numpy()
+    if sp.issparse(vectors):
+        return sp.csr_matrix(vectors), False
+    array = np.asarray(vectors, dtype=np.float32)
+    single = array.ndim == 1
+    return sp.csr_matrix(array.reshape(1, -1) if single else array), single
 
 
 class ModelUnavailable(OSError):
@@ -951,29 +1033,28 @@ def _saved_model_id(source: str) -> str | None:
     return json.loads(path.read_text()).get("model_id")
 
 
-def default_settings(name: str, source: str, config: dict[str, Any]) -> dict[str, Any]:
+def default_settings(name: str, source: str, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     """The settings a checkpoint encodes with unless the caller overrides them: its ``laconic.json``; else
-    the registry's entry for its hub id; else the defaults of its kind (masked LMs: SPLADE's)."""
+    its sentence-transformers files (a SPLADE model saved by sentence-transformers); else the registry's entry
+    for its hub id; else the defaults of its kind (masked LMs: what sentence-transformers gives them)."""
+    from laconic_ray.model import st_format
     from laconic_ray.model.registry import known_settings
 
     saved = _read_settings(source)
     if saved is not None:
         return dataclasses.asdict(saved)
+    # sentence-transformers' own default length: the model's positions, or the tokenizer's limit if lower
+    max_length = min(config.get("max_position_embeddings") or 512, tokenizer.model_max_length)
+    from_st = st_format.read_settings(source, max_length) if Path(source).is_dir() else None
+    if from_st is not None:
+        return from_st
     known = known_settings(name)
     if known is not None:
         return known
-    return dict(MASKED_LM_DEFAULTS) if config_is_masked(config) else {}
-
-
-# A masked-LM SPLADE model without laconic.json: the tokenizer's [CLS] ... [SEP], no prefixes, and the lengths
-# SPLADE models are trained and served with (naver/splade-v3: 512 tokens in sentence-transformers)
-MASKED_LM_DEFAULTS = {
-    "query_prefix": "",
-    "passage_prefix": "",
-    "special_tokens": True,
-    "query_max_length": 512,
-    "passage_max_length": 512,
-}
+    if config_is_masked(config):  # no prefixes, [CLS] ... [SEP]: as SPLADE models were trained
+        return {"query_prefix": "", "passage_prefix": "", "special_tokens": True,
+                "query_max_length": max_length, "passage_max_length": max_length}  # fmt: skip
+    return {}
 
 
 def _read_settings(source: str) -> EncoderSettings | None:

@@ -183,3 +183,43 @@ def test_queries_are_encoded_with_the_query_prefix(ray_session, model_dir, tmp_p
     text = json.loads(queries.read_text())["text"]
     np.testing.assert_allclose(csr.toarray(), encoder.encode_queries([text], top_k=64).toarray(), atol=1e-5)
     assert meta["kind"] == "query"
+
+
+def test_a_classic_splade_model_goes_through_every_stage_unchanged(ray_session, corpus, tmp_path):
+    """A masked-LM SPLADE folder as downloaded from the hub (no laconic.json): Ray Data encoding gives
+    sentence-transformers' vectors; the index, `laconic eval` and `laconic search` take it as they take ours."""
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+
+    from laconic_ray.config import EvalConfig, IndexConfig, ServeConfig
+    from laconic_ray.distributed.index import run_index
+    from laconic_ray.distributed.service import run_search
+    from laconic_ray.eval.evaluate import run_eval
+    from tests.models import save_masked_lm
+
+    model = save_masked_lm(tmp_path / "splade")
+    encode(model, corpus, str(tmp_path / "vecs"))
+    ids, csr, meta = sparse.read_sparse(str(tmp_path / "vecs"))
+    docs = {d.id: d.full_text() for d in iter_documents(corpus)}
+    theirs = STSparseEncoder(model, device="cpu").encode_document(
+        [docs[i] for i in ids], max_active_dims=64, convert_to_tensor=True
+    )
+    np.testing.assert_allclose(csr.toarray(), theirs.to_dense().numpy(), atol=1e-5)
+    assert meta["model"] == model
+
+    index = str(tmp_path / "index")
+    run_index(load_config(IndexConfig, "conf/index.yaml", [f"input={tmp_path / 'vecs'}", f"output={index}",
+                                                           "num_cpus_per_task=0.5", "quantization=float32"]))  # fmt: skip
+    summary = run_eval(
+        load_config(
+            EvalConfig, "conf/eval.yaml", [f"index={index}", f"model={model}", "dataset=scifact", "k=100"]
+        )
+    )
+    assert summary["queries"] == 300 and summary["metrics"]["nDCG@10"] >= 0
+    query = "sodium channels in heart muscle"
+    found = run_search(load_config(ServeConfig, "conf/serve.yaml", [
+        f"index={index}", f"model={model}", "num_cpus_per_shard=0.5", f"query={query}", "k=5", "port=1",
+    ]))  # fmt: skip
+    assert found["via"] == "shard actors"
+    vector = SparseEncoder.from_pretrained(model).encode_queries([query])
+    expected = (csr @ vector.T).toarray().ravel()
+    assert [h["doc_id"] for h in found["hits"]] == [ids[i] for i in np.argsort(-expected, kind="stable")[:5]]

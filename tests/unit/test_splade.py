@@ -103,3 +103,61 @@ def test_what_would_encode_wrongly_is_refused(tmp_path):
     BertModel(config).save_pretrained(str(tmp_path / "bare"))
     with pytest.raises(UnsupportedModel, match="without a masked-LM head"):
         SparseEncoder.from_pretrained(tmp_path / "bare", tokenizer="laconic:bert-base-uncased")
+
+
+def test_sentence_transformers_api_gives_their_outputs(tmp_path):
+    folder = save_masked_lm(tmp_path / "m")
+    ours, theirs = SparseEncoder.from_pretrained(folder), reference(folder)
+    queries, docs = TEXTS[:2], TEXTS[:3]
+    q, d = ours.encode_query(queries), ours.encode_document(docs)
+    assert q.is_sparse and q.shape == (2, 30522)
+    torch.testing.assert_close(q.to_dense(), theirs.encode_query(queries).to_dense(), atol=1e-5, rtol=0)
+    one = ours.encode_query(queries[0])
+    assert one.shape == (30522,) and torch.equal(one.to_dense(), q.to_dense()[0])
+    torch.testing.assert_close(
+        ours.similarity(q, d), theirs.similarity(theirs.encode_query(queries), theirs.encode_document(docs))
+    )
+    assert [t for t, _ in ours.decode(one, top_k=5)] == [
+        t for t, _ in theirs.decode(theirs.encode_query(queries[0]), top_k=5)
+    ]
+    # every format the encode methods give is accepted back, with the same answer
+    csr = ours.encode_query(queries, output="scipy")
+    assert ours.decode(csr, top_k=3) == ours.decode(q, top_k=3) == ours.decode(q.to_dense(), top_k=3)
+    assert torch.equal(ours.similarity(csr, d), ours.similarity(q, d))
+    top = ours.encode_document(docs, max_active_dims=7, output="scipy")
+    assert top.getnnz(axis=1).max() == 7
+    with pytest.raises(ValueError, match="output must be"):
+        ours.encode_query("x", output="list")
+
+
+def test_folders_move_both_ways_between_us_and_sentence_transformers(tmp_path):
+    """A SPLADE model saved by sentence-transformers (its prompts, max length and activation) loads with those
+    settings; one we save loads in sentence-transformers with the same vectors."""
+    folder = save_masked_lm(tmp_path / "m")
+    theirs = reference(folder)
+    theirs.max_seq_length = 128
+    theirs.prompts = {"query": "q: ", "document": "d: "}
+    theirs.save(str(tmp_path / "st"))
+    ours = SparseEncoder.from_pretrained(tmp_path / "st")
+    s = ours.settings
+    assert (s.query_prefix, s.passage_prefix, s.passage_max_length, s.special_tokens) == (
+        "q: ",
+        "d: ",
+        128,
+        True,
+    )
+    for kind in ("query", "passage"):
+        np.testing.assert_allclose(
+            ours.encode(TEXTS, kind).toarray(), st_vectors(theirs, TEXTS, kind), atol=1e-5
+        )
+
+    mine = SparseEncoder.from_pretrained(folder, passage_max_length=100, query_max_length=100,
+                                         activation="log1p_log1p_relu", passage_prefix="doc: ")  # fmt: skip
+    mine.save_pretrained(tmp_path / "ours")
+    back = reference(str(tmp_path / "ours"))
+    assert back.max_seq_length == 100
+    for kind in ("query", "passage"):
+        np.testing.assert_allclose(
+            mine.encode(TEXTS, kind).toarray(), st_vectors(back, TEXTS, kind), atol=1e-5
+        )
+    assert SparseEncoder.from_pretrained(tmp_path / "ours").settings == mine.settings
