@@ -96,7 +96,7 @@ STAGES: dict[str, Stage] = {
         default_conf="conf/train/llama3-8b.yaml",
     ),
     "export": Stage(
-        "export vectors to Anserini JsonVectorCollection or Seismic format",
+        "export vectors to Anserini JsonVectorCollection (+ topics) or Seismic format, or import them (format=parquet)",
         schema="laconic_ray.config:ExportConfig",
         runner="laconic_ray.eval.export:run_export",
     ),

@@ -785,21 +785,39 @@ class RegressConfig:
 
 @dataclasses.dataclass
 class ExportConfig:
-    """``laconic export``: sparse vectors -> Anserini JsonVectorCollection or Seismic JSON lines."""
+    """``laconic export``: sparse vectors -> Anserini JsonVectorCollection or Seismic JSON lines, and back
+    (``format=parquet``: a folder of either's JSON lines -> our sparse Parquet)."""
 
-    input: str = ""  # a finished sparse folder
+    input: str = ""  # a finished sparse folder (parquet: a folder of .jsonl vector files)
     output: str = ""  # destination folder
-    format: str = "anserini"  # anserini | seismic
+    format: str = "anserini"  # anserini | seismic | parquet (import)
     impact_scale: float = 100.0  # anserini: integer impacts round(impact_scale * w)
     files: int = 2  # anserini indexes one file per thread
+    terms: str = (
+        "ids"  # ids ("2001") | tokens (the tokenizer's strings, as the reference implementations write)
+    )
+    tokenizer: str = (
+        ""  # terms=tokens / parquet with token terms: model or tokenizer (default: the vectors' model)
+    )
+    vocab_size: int = 0  # parquet with id terms: the vocabulary size (30522 for BERT, 128256 for Llama-3)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
     def validate(self) -> None:
         check(
             bool(self.input) and bool(self.output), "input", "give input=<sparse folder> and output=<folder>"
         )
-        check(self.format in ("anserini", "seismic"), "format", "must be anserini or seismic")
+        check(
+            self.format in ("anserini", "seismic", "parquet"),
+            "format",
+            "must be anserini, seismic or parquet",
+        )
         check(self.impact_scale > 0 and self.files > 0, "impact_scale", "must be > 0")
+        check(self.terms in ("ids", "tokens"), "terms", "must be ids or tokens")
+        check(
+            self.format != "parquet" or bool(self.tokenizer) or self.vocab_size > 0,
+            "vocab_size",
+            "importing id terms needs vocab_size=<n> (or tokenizer=<...> for token-string terms)",
+        )
 
 
 @dataclasses.dataclass

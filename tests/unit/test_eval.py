@@ -3,6 +3,7 @@ impacts, the regression comparator, run files and plots."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from laconic_ray import sparse
 from laconic_ray.config import Condition, EvalConfig, load_config
 from laconic_ray.data import lucene
 from laconic_ray.eval.evaluate import run_eval
-from laconic_ray.eval.export import export_vectors, integer_queries
+from laconic_ray.eval.export import export_vectors, integer_queries, vocabulary_terms
 from laconic_ray.eval.metrics import compare, evaluate
 from laconic_ray.eval.plots import plot_deltas, plot_latency_recall
 from laconic_ray.eval.regress import classify, judge, markdown
@@ -113,14 +114,29 @@ def test_bm25_reproduces_the_published_scifact_figures(tmp_path, data_root):
     assert (tmp_path / "again" / "delta-nDCG_at_10.png").stat().st_size > 1000
 
 
-def test_lucene_impact_search_equals_our_engine_on_exported_vectors(tmp_path, data_root):
+@pytest.mark.parametrize("terms", ["ids", "tokens"])
+def test_lucene_impact_search_equals_our_engine_on_exported_vectors(tmp_path, data_root, terms):
+    """Anserini's impact index built from our export gives our top 10, with terms as vocabulary ids or as the
+    tokenizer's strings (what the reference implementations write and Anserini's SPLADE regressions use)."""
     doc_ids, docs = collection_vectors("scifact")
     impacts = sparse.quantize(docs)  # round(100 w): Lucene's integer impacts
     sparse.write_sparse(
         str(tmp_path / "vecs"), doc_ids, impacts, docs.shape[1], metadata={"weight_format": "impact"}
     )
-    export = export_vectors(str(tmp_path / "vecs"), str(tmp_path / "anserini"), "anserini", files=2)
+    tokenizer = "laconic:bert-base-uncased"  # the vectors' vocabulary
+    export = export_vectors(
+        str(tmp_path / "vecs"),
+        str(tmp_path / "anserini"),
+        "anserini",
+        files=2,
+        terms=terms,
+        tokenizer=tokenizer,
+    )
     assert export["vectors"] == len(doc_ids) and export["impact_scale"] == 1
+    strings = vocabulary_terms(tokenizer, docs.shape[1]) if terms == "tokens" else None
+    first = json.loads((tmp_path / "anserini" / "part-00000.jsonl").read_text().splitlines()[0])
+    expected_terms = {strings[t] if strings else str(t) for t in impacts[0].indices}
+    assert set(first["vector"]) == expected_terms
     lucene.build_impact_index(str(tmp_path / "anserini"), str(tmp_path / "lucene"))
     searcher = lucene.ImpactSearcher(str(tmp_path / "lucene"))
     ours = InvertedIndex.from_sparse(str(tmp_path / "vecs"))
@@ -131,7 +147,10 @@ def test_lucene_impact_search_equals_our_engine_on_exported_vectors(tmp_path, da
         q = queries[qi]
         if q.nnz == 0:
             continue
-        theirs = searcher.search({str(t): int(w) for t, w in zip(q.indices, q.data, strict=True)}, 10)
+        weights = {
+            (strings[t] if strings else str(t)): int(w) for t, w in zip(q.indices, q.data, strict=True)
+        }
+        theirs = searcher.search(weights, 10)
         ids, scores = ours.search(q.indices, q.data, 10)
         assert ids == [d for d, _ in theirs], f"query {qi}"
         np.testing.assert_array_equal(scores, np.array([s for _, s in theirs]))
@@ -139,13 +158,50 @@ def test_lucene_impact_search_equals_our_engine_on_exported_vectors(tmp_path, da
     assert compared > 250
 
 
+def test_query_topics_export_and_vectors_import_back_exactly(tmp_path, data_root):
+    """Query vectors export as Anserini topics (terms repeated by weight); every export imports back to the
+    same matrix, ids or token strings, integer impacts or floats; a bad line is named by file and line."""
+    from laconic_ray.eval.export import import_vectors
+
+    query_ids, queries = bm25_queries("cacm", "test")
+    sparse.write_sparse(str(tmp_path / "q"), query_ids, queries, queries.shape[1], metadata={"kind": "query"})
+    tokenizer = "laconic:bert-base-uncased"
+    out = export_vectors(
+        str(tmp_path / "q"), str(tmp_path / "topics"), "anserini", terms="tokens", tokenizer=tokenizer
+    )
+    assert "topics.tsv" in out["files"]
+    strings = vocabulary_terms(tokenizer, queries.shape[1])
+    impacts = sparse.quantize(queries)
+    qid, words = (tmp_path / "topics" / "topics.tsv").read_text().splitlines()[0].split("\t")
+    row = impacts[0]
+    assert qid == query_ids[0]
+    assert sorted(words.split()) == sorted(
+        w for t, v in zip(row.indices, row.data, strict=True) for w in [strings[t]] * int(v)
+    )
+
+    for fmt, terms in (("anserini", "tokens"), ("seismic", "ids")):
+        folder = tmp_path / f"{fmt}-{terms}"
+        export_vectors(str(tmp_path / "q"), str(folder), fmt, terms=terms, tokenizer=tokenizer)
+        back = tmp_path / f"back-{fmt}"
+        kwargs = {"tokenizer": tokenizer} if terms == "tokens" else {"vocab_size": queries.shape[1]}
+        summary = import_vectors(str(folder), str(back), **kwargs)
+        ids, csr, _meta = sparse.read_sparse(str(back))
+        want = impacts if fmt == "anserini" else queries
+        assert ids == query_ids and summary["weight_format"] == ("impact" if fmt == "anserini" else "float")
+        np.testing.assert_array_equal(csr.toarray(), want.toarray())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jsonl").write_text('{"id": "1", "vector": {"5": 2}}\n{"id": "2", "vector": {"x": 1}}\n')
+    with pytest.raises(ValueError, match=r"a.jsonl:2: not a vector line"):
+        import_vectors(str(bad), str(tmp_path / "never"), vocab_size=30522)
+    assert not (tmp_path / "never").exists()
+
+
 def test_seismic_export_and_plots(tmp_path, data_root):
     doc_ids, docs = collection_vectors("cacm")
     sparse.write_sparse(str(tmp_path / "vecs"), doc_ids, docs, docs.shape[1])
     out = export_vectors(str(tmp_path / "vecs"), str(tmp_path / "seismic"), "seismic")
     first = (tmp_path / "seismic" / "documents.jsonl").read_text().splitlines()[0]
-    import json
-
     row = json.loads(first)
     assert out["vectors"] == len(doc_ids) and set(row) == {"id", "content", "vector"}
     assert all(isinstance(v, float) for v in row["vector"].values())
