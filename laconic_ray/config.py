@@ -246,8 +246,11 @@ class ModelConfig:
     mode: str = "bidirectional"  # bidirectional | echo | causal
     dtype: str = "float32"  # float32 | bfloat16 | float16 (bf16 on GPUs)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | flex_attention
-    query_prefix: str = "query: "
-    passage_prefix: str = "passage: "
+    # Text layout. Unset (null): the checkpoint's own (laconic.json, sentence-transformers files, the registry
+    # of released models; a masked-LM SPLADE model: no prefixes, [CLS]/[SEP]), else "query: " / "passage: "
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    special_tokens: bool | None = None  # add the tokenizer's special tokens (masked LMs); never BOS on Llama
     query_max_length: int = 64
     passage_max_length: int = 192
     top_k: int | None = 512  # weights kept per vector when encoding for the index

@@ -36,7 +36,6 @@ from laconic_ray.distributed.cluster import ensure_ray, worker_env
 from laconic_ray.model.build import build_encoder, encoder_settings
 from laconic_ray.model.encoder import LACONIC_FILE, SparseEncoder, dense_to_csr
 from laconic_ray.model.losses import FlopsSchedule
-from laconic_ray.model.tokenization import TextFormat
 from laconic_ray.training.batches import ExampleBatcher, TextBatcher, TrainBatch
 from laconic_ray.training.export import export_encoder
 from laconic_ray.training.loop import LoopSettings, TrainState, load_checkpoint, train_phase
@@ -284,11 +283,10 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     history: list[dict[str, Any]] = []
     if not state.done:
-        text_format = TextFormat(
-            model_config.query_prefix,
-            model_config.passage_prefix,
-            phase.query_max_length,
-            phase.passage_max_length,
+        text_format = dataclasses.replace(  # the encoder's own layout (a checkpoint's, or the config's)
+            encoder.settings.text_format,
+            query_max_length=phase.query_max_length,
+            passage_max_length=phase.passage_max_length,
         )
         if plan.index == 0:
             batcher: Any = TextBatcher(encoder.tokenizer, text_format)

@@ -15,6 +15,7 @@ def encoder_settings(model: ModelConfig) -> dict[str, Any]:
         "mode": model.mode,
         "query_prefix": model.query_prefix,
         "passage_prefix": model.passage_prefix,
+        "special_tokens": model.special_tokens,
         "query_max_length": model.query_max_length,
         "passage_max_length": model.passage_max_length,
         "top_k": model.top_k,

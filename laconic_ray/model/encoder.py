@@ -643,9 +643,10 @@ class SparseEncoder(nn.Module):
 
         if self.has_lora:
             raise RuntimeError("LoRA is already on; merge_lora() first to start a fresh adapter")
-        config = LoraConfig(
-            r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none"
-        )
+        targets: list[str] | str = list(target_modules)
+        if self.masked and tuple(target_modules) == DEFAULT_LORA_TARGETS:
+            targets = "all-linear"  # the Llama names are not a BERT's: every Linear but the output projection
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
         self.model = get_peft_model(self.model, config)
 
     def merge_lora(self) -> None:
@@ -825,7 +826,7 @@ class SparseEncoder(nn.Module):
         encoder = cls(
             model,
             tokenizer,
-            EncoderSettings(**settings),
+            EncoderSettings(**{k: v for k, v in settings.items() if v is not None}),
             vocab_chunk=vocab_chunk,
             pooling_layout=pooling_layout,
         )

@@ -161,3 +161,24 @@ def test_folders_move_both_ways_between_us_and_sentence_transformers(tmp_path):
             mine.encode(TEXTS, kind).toarray(), st_vectors(back, TEXTS, kind), atol=1e-5
         )
     assert SparseEncoder.from_pretrained(tmp_path / "ours").settings == mine.settings
+
+
+def test_lora_on_a_masked_lm_adapts_every_linear_but_the_projection_and_merges(tmp_path):
+    ours = SparseEncoder.from_pretrained(save_masked_lm(tmp_path / "m"))
+    ours.add_lora(r=4, alpha=8, dropout=0.0)  # the default targets are Llama's names: all-linear instead
+    trainable = [n for n, p in ours.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("attention" in n for n in trainable) and not any("decoder" in n for n in trainable)
+    batch = ours.prepare(TEXTS[:2], "passage")
+    ours.train()
+    ours(batch.input_ids, batch.attention_mask, batch.pool_mask).sum().backward()
+    with torch.no_grad():  # move the adapters so that merging changes something
+        for name, p in ours.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    adapted = ours.encode_documents(TEXTS[:2]).toarray()
+    ours.merge_lora()
+    np.testing.assert_allclose(ours.encode_documents(TEXTS[:2]).toarray(), adapted, atol=1e-5)
+    ours.save_pretrained(tmp_path / "merged")
+    again = SparseEncoder.from_pretrained(tmp_path / "merged")
+    np.testing.assert_allclose(again.encode_documents(TEXTS[:2]).toarray(), adapted, atol=1e-5)
