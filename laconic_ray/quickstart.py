@@ -118,7 +118,17 @@ def evaluate_model(model: str, dataset: BeirDataset, batch_size: int) -> dict[st
         for q, (ids, scores) in zip(queries, results, strict=True)
     }
     metrics, _ = evaluate(run, dataset.qrels("test"))
-    return {**{m: round(v, 4) for m, v in metrics.items()}, "mean_doc_nnz": round(vectors.nnz / len(docs), 1)}
+    rounded = {m: round(v, 4) for m, v in metrics.items()}
+    _record(model, dataset, rounded)
+    return {**rounded, "mean_doc_nnz": round(vectors.nnz / len(docs), 1)}
+
+
+def _record(model: str, dataset: BeirDataset, metrics: dict[str, float]) -> None:
+    """The figures into the local checkpoint's laconic.json and model card."""
+    from laconic_ray.model import card
+
+    if not storage.is_remote(model) and os.path.isfile(os.path.join(model, "laconic.json")):
+        card.record_evaluation(model, os.path.basename(dataset.root.rstrip("/")), "test", metrics)
 
 
 def complete_answers(
@@ -265,6 +275,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                 **{m: round(v, 4) for m, v in metrics.items()},
                 "mean_doc_nnz": encoded.get("mean_nnz", 0.0),
             }
+            _record(final_model, dataset, {m: round(v, 4) for m, v in metrics.items()})
             vectors_q = searcher.vectorize([q.text for q in queries])
             sparse_queries = [
                 {"indices": vectors_q[i].indices.tolist(), "values": vectors_q[i].data.tolist()}

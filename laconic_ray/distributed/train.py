@@ -335,7 +335,15 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         )
 
     probes = _probe(model, encoder, plan.probe_texts)  # collective under FSDP: every rank runs it
-    export_encoder(model, rebuild, lora_kwargs, plan.export, rank, options, wrapper=wrapper)
+    record = {
+        "phase": f"phase{plan.index}",
+        "init": plan.init or model_config.name_or_path or "random init",
+        "data": phase.data,
+        "steps": plan.total_steps,
+        "mode": mode,
+        "lora": f"r={lora_kwargs['r']} alpha={lora_kwargs['alpha']}" if lora_kwargs else None,
+    }
+    export_encoder(model, rebuild, lora_kwargs, plan.export, rank, options, wrapper=wrapper, training=record)
     return {
         "step": state.step,
         "tokens": state.tokens,

@@ -345,6 +345,9 @@ class SparseEncoder(nn.Module):
         # sha256 of the saved weights (laconic.json's model_id): what vectors and indexes record, so that a
         # query encoder can be matched with the index it searches. None until saved, or for plain HF models.
         self.model_id: str | None = None
+        # provenance for laconic.json and the model card: the hub id it descends from, its training phases
+        self.base_model: str | None = None
+        self.training_history: list[dict[str, Any]] = []
         self.masked = is_masked_lm(self.lm)
         if self.masked:  # classic SPLADE: bidirectional by construction, padded with its own [PAD]
             if self.settings.mode != "bidirectional":
@@ -665,11 +668,16 @@ class SparseEncoder(nn.Module):
         uri: str | os.PathLike,
         options: storage.StorageOptions | None = None,
         max_shard_size: str = "5GB",
+        training: dict[str, Any] | None = None,
     ) -> str:
         """HF weights (safetensors, in files of at most ``max_shard_size`` with an index, as the hub's) +
-        tokenizer + ``laconic.json`` (written last) to a local dir or ``s3://``."""
+        tokenizer + a model card (README.md) + ``laconic.json`` (written last) to a local dir or ``s3://``.
+        ``training``: the phase that made these weights (phase, init, data, steps, lora), added to the
+        history the card shows."""
         if self.has_lora:
             raise RuntimeError("save_pretrained needs merged weights: call merge_lora() first")
+        if training is not None:
+            self.training_history = [*self.training_history, training]
         uri = os.fspath(uri)
         if storage.is_remote(uri):
             with tempfile.TemporaryDirectory() as tmp:
@@ -684,13 +692,41 @@ class SparseEncoder(nn.Module):
             "vocab_size": self.vocab_size,
             "model_type": self.lm.config.model_type,
             "model_id": self.model_id,
+            "backbone": "masked" if self.masked else "causal",
+            "base_model": self.base_model,
+            "training": self.training_history,
         }
+        from laconic_ray.model import card
+
         if self.masked:  # loadable by sentence-transformers too
             from laconic_ray.model import st_format
 
             st_format.write_files(uri, self.settings, self.vocab_size)
-        storage.write_bytes(os.path.join(uri, LACONIC_FILE), self.settings.to_json(**extra).encode())
+        laconic = self.settings.to_json(**extra)
+        storage.write_bytes(os.path.join(uri, card.CARD_FILE), card.render(json.loads(laconic)).encode())
+        storage.write_bytes(os.path.join(uri, LACONIC_FILE), laconic.encode())
         return uri
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool = True,
+        commit_message: str = "Upload sparse encoder (laconic_ray)",
+        max_shard_size: str = "5GB",
+    ) -> str:
+        """Save (weights, tokenizer, card, laconic.json) and upload to the Hugging Face hub through
+        ``huggingface_hub`` (``HF_TOKEN`` or ``token``); the repo is created (private by default) if missing.
+        Returns the commit's URL."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, max_shard_size=max_shard_size)
+            commit = api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message)
+        return str(getattr(commit, "commit_url", commit))
 
     @classmethod
     def from_pretrained(
@@ -766,6 +802,7 @@ class SparseEncoder(nn.Module):
             pooling_layout=pooling_layout,
         )
         encoder.model_id = _saved_model_id(source)
+        encoder.base_model, encoder.training_history = _provenance(os.fspath(name_or_path), source)
         if lora:
             encoder.add_lora(**lora)
         return encoder.to(device) if device and not _is_meta(device) else encoder
@@ -1025,6 +1062,16 @@ def weights_digest(folder: str) -> str:
             while block := f.read(1 << 24):
                 h.update(block)
     return f"sha256:{h.hexdigest()}"
+
+
+def _provenance(name: str, source: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(base hub id, training phases) of a checkpoint: from its laconic.json, or for a plain hub model, its id."""
+    path = Path(source) / LACONIC_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        return saved.get("base_model"), list(saved.get("training") or [])
+    is_hub_id = not Path(name).exists() and not storage.is_remote(name) and name.count("/") == 1
+    return (name if is_hub_id else None), []
 
 
 def _saved_model_id(source: str) -> str | None:

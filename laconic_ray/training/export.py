@@ -25,8 +25,10 @@ def export_encoder(
     rank: int,
     options: StorageOptions | None = None,
     wrapper: Callable[[SparseEncoder], nn.Module] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> str | None:
-    """Collective: every rank must call it. Returns the URI on rank 0, None elsewhere."""
+    """Collective: every rank must call it. Returns the URI on rank 0, None elsewhere. ``training``: this
+    phase's record for the checkpoint's history and model card."""
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return None
@@ -36,5 +38,5 @@ def export_encoder(
     target = wrapper(encoder) if wrapper else encoder
     target.load_state_dict(full)
     encoder.merge_lora()
-    encoder.save_pretrained(uri, options)
+    encoder.save_pretrained(uri, options, training=training)
     return uri

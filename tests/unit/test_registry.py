@@ -107,3 +107,65 @@ def test_registry_entries_are_valid_settings():
         EncoderSettings(**entry)  # raises on a bad entry
         assert name.count("/") == 1, name
     assert json.dumps(KNOWN)  # plain data
+
+
+def test_saved_checkpoints_carry_a_model_card_with_their_history_and_scores(tmp_path):
+    from laconic_ray.model import card
+    from tests.models import tiny_encoder
+
+    first = {
+        "phase": "phase1",
+        "init": "random init",
+        "data": "runs/pairs",
+        "steps": 40,
+        "lora": "r=8 alpha=16",
+    }
+    tiny_encoder().save_pretrained(tmp_path / "p1", training=first)
+    again = SparseEncoder.from_pretrained(tmp_path / "p1")
+    assert again.training_history == [first]
+    again.save_pretrained(
+        tmp_path / "p2", training={**first, "phase": "phase2", "init": str(tmp_path / "p1")}
+    )
+    card.record_evaluation(tmp_path / "p2", "scifact", "test", {"nDCG@10": 0.5})
+    card.record_evaluation(tmp_path / "p2", "scifact", "test", {"nDCG@10": 0.68, "R@100": 0.9})  # replaces
+    text = (tmp_path / "p2" / "README.md").read_text()
+    saved = json.loads((tmp_path / "p2" / "laconic.json").read_text())
+    assert text.startswith("---\nlibrary_name: laconic_ray") and '| mode | `"bidirectional"` |' in text
+    assert "| phase1 | random init | runs/pairs | 40 | r=8 alpha=16 |" in text and "| phase2 |" in text
+    assert "| scifact | test | nDCG@10 | 0.68 |" in text and "0.5 |" not in text
+    assert saved["backbone"] == "causal" and len(saved["training"]) == 2 and len(saved["evaluations"]) == 1
+    # a plain hub model's id becomes the card's base_model
+    masked = SparseEncoder.from_pretrained(save_masked_lm(tmp_path / "m"))
+    masked.base_model = "naver/splade-v3"
+    masked.save_pretrained(tmp_path / "sp")
+    assert "base_model: naver/splade-v3" in (tmp_path / "sp" / "README.md").read_text()
+    assert "- splade" in (tmp_path / "sp" / "README.md").read_text()
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+    """No hub here: huggingface_hub's client is replaced by one that records what it is asked to do."""
+    import huggingface_hub
+
+    from tests.models import tiny_encoder
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+            return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = tiny_encoder().push_to_hub("me/tiny-sparse", token="t")
+    assert url == "https://huggingface.co/me/tiny-sparse/commit/abc"
+    assert calls[:2] == [("token", "t"), ("create", "me/tiny-sparse", True, True)]
+    uploaded = calls[2][2]
+    assert {"README.md", "laconic.json", "config.json", "model.safetensors", "tokenizer.json"} <= set(
+        uploaded
+    )
