@@ -515,6 +515,24 @@ class ScalingSettings:
 
 
 @dataclasses.dataclass
+class TrackingConfig:
+    """Experiment tracking of the training loop's metrics (rank 0, every ``log_every`` steps)."""
+
+    backend: str = "none"  # none | tensorboard (tensorboardX) | mlflow | wandb (pip install mlflow / wandb)
+    dir: str = (
+        ""  # tensorboard: log folder (default <output>/tensorboard); mlflow: tracking URI; wandb: run dir
+    )
+    project: str = "laconic"  # mlflow experiment / wandb project
+
+    def validate(self) -> None:
+        from laconic_ray.training.tracking import BACKENDS, missing_package
+
+        check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}")
+        package = missing_package(self.backend)
+        check(package is None, "backend", f"{self.backend} needs `pip install {package}` (on every node)")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """``laconic train``: the curriculum (optional phase 0, phase 1, phase 2), one Ray Train run per phase."""
 
@@ -554,6 +572,7 @@ class TrainConfig:
     probe_texts: list[str] = dataclasses.field(
         default_factory=list
     )  # encoded by the trained model at the end
+    logging: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 

@@ -47,6 +47,7 @@ from laconic_ray.training.objectives import (
 )
 from laconic_ray.training.parallel import build_parallel_model, choose_strategy, unwrap
 from laconic_ray.training.schedule import build_scheduler
+from laconic_ray.training.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class PhasePlan:
     trace_dir: str | None = None
     probe_texts: tuple[str, ...] = ()
     torch_threads: int | None = None  # CPU workers: one thread per reserved CPU
+    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)  # TrackingConfig + the run's name
 
 
 def _steps(phase: PhaseConfig, examples: int, world: int) -> tuple[int, int]:
@@ -131,8 +133,9 @@ class _Collate(NumpyBatchCollateFn):
 
 
 class _RayCallbacks:
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, tracker: Tracker | None = None) -> None:
         self._rank = rank
+        self.tracker = tracker
 
     @property
     def rank(self) -> int:
@@ -142,6 +145,8 @@ class _RayCallbacks:
         return tempfile.mkdtemp(prefix="laconic-ckpt-")
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if self.tracker is not None:
+            self.tracker.log(metrics, metrics["step"])
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint_dir:
@@ -320,19 +325,24 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             plan.log_every,
             plan.index,
         )
-        state = train_phase(
-            model,
-            objective,
-            optimizer,
-            scheduler,
-            batches,
-            state,
-            settings_loop,
-            _RayCallbacks(rank),
-            device,
-            on_batch=_chain(_tracer(plan.trace_dir, plan.index, rank), _fault(plan.index, rank)),
-            history=history,
-        )
+        tracker = open_tracker(plan.tracking, plan.tracking.get("run", "laconic"), plan.index, rank)
+        try:
+            state = train_phase(
+                model,
+                objective,
+                optimizer,
+                scheduler,
+                batches,
+                state,
+                settings_loop,
+                _RayCallbacks(rank, tracker),
+                device,
+                on_batch=_chain(_tracer(plan.trace_dir, plan.index, rank), _fault(plan.index, rank)),
+                history=history,
+            )
+        finally:
+            if tracker is not None:
+                tracker.close()
 
     probes = _probe(model, encoder, plan.probe_texts)  # collective under FSDP: every rank runs it
     record = {
@@ -430,6 +440,13 @@ def run_phase(config: TrainConfig, index: int) -> dict[str, Any]:
         options=dataclasses.asdict(options),
         trace_dir=config.trace_dir,
         probe_texts=tuple(config.probe_texts),
+        tracking={
+            **dataclasses.asdict(config.logging),
+            "dir": config.logging.dir or storage.join(config.output, "tensorboard")
+            if config.logging.backend == "tensorboard"
+            else config.logging.dir,
+            "run": config.name,
+        },
     )
     resources = {"CPU": config.scaling.cpus_per_worker, **config.scaling.resources_per_worker}
     if config.scaling.use_gpu:

@@ -15,6 +15,7 @@ from laconic_ray.data.mining import run_mine
 from laconic_ray.distributed.train import FAULT_ENV, read_history, run_train
 from laconic_ray.model import SparseEncoder
 from laconic_ray.training.parallel import base_digest as _digest
+from tests.events import tensorboard_scalars
 
 SMALL = [
     "model.architecture.hidden_size=32",
@@ -58,13 +59,15 @@ def train(output, data, *overrides):
     return run_train(config)
 
 
-def test_curriculum_on_s3_learns_chains_phases_and_exports_exactly(ray_session, data, s3_bucket):
+def test_curriculum_on_s3_learns_chains_phases_and_exports_exactly(ray_session, data, s3_bucket, tmp_path):
     base, options = s3_bucket
     out = storage.join(base, "run")
     summary = train(
         out,
         data,
         f"storage.endpoint_url={options.endpoint_url}",
+        "logging.backend=tensorboard",
+        f"logging.dir={tmp_path / 'tb'}",
         "phase1.steps=24",
         "phase2.steps=3",
         "checkpoint_every=10",
@@ -105,6 +108,12 @@ def test_curriculum_on_s3_learns_chains_phases_and_exports_exactly(ray_session, 
         (probes["data"], probes["indices"], probes["indptr"]), shape=(2, second.vocab_size)
     )
     np.testing.assert_allclose(second.encode_documents(PROBES).toarray(), trained.toarray(), atol=1e-5)
+    # every phase's reports reached TensorBoard (rank 0, log_every=1), and the export's card tells its history
+    scalars = tensorboard_scalars(tmp_path / "tb")
+    assert [step for step, _ in scalars["phase1/loss"]] == list(range(1, 25))
+    assert [v for _, v in scalars["phase1/loss"]] == pytest.approx(history)
+    assert {"phase0/lm_loss", "phase2/nnz_query", "phase2/lr", "phase2/tokens_per_s"} <= set(scalars)
+    assert [t["phase"] for t in second.training_history] == ["phase0", "phase1", "phase2"]
 
 
 # FSDP2 on CPU (gloo): sharded parameters, sharded DCP checkpoints and a gathered export under Ray Train

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import socket
@@ -12,12 +13,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from laconic_ray.config import ConfigError, PhaseConfig, PlanConfig, TrainConfig, load_config
+from laconic_ray.config import ConfigError, PhaseConfig, PlanConfig, TrainConfig, load_config, validate_tree
 from laconic_ray.distributed.train import _steps
 from laconic_ray.model.tokenization import TextFormat
 from laconic_ray.training.batches import ExampleBatcher
 from laconic_ray.training.plan import plan
 from laconic_ray.training.schedule import warmup_cosine
+from tests.events import tensorboard_scalars
 from tests.models import tiny_encoder
 
 
@@ -131,3 +133,25 @@ def test_fsdp2_on_cpu_gives_the_same_gradients_as_ddp(tmp_path):
     assert results["ddp"].keys() == results["fsdp"].keys()
     for name in results["ddp"]:
         torch.testing.assert_close(results["fsdp"][name], results["ddp"][name], rtol=1e-5, atol=1e-5)
+
+
+def test_tensorboard_tracking_logs_each_report_under_its_phase(tmp_path):
+    from laconic_ray.config import TrackingConfig
+    from laconic_ray.training.tracking import open_tracker
+
+    settings = {"backend": "tensorboard", "dir": str(tmp_path), "project": "p"}
+    assert open_tracker(settings, "run", 1, rank=1) is None  # rank 0 only
+    tracker = open_tracker(settings, "run", 1, rank=0)
+    for step in (1, 2, 3):
+        tracker.log(
+            {"step": step, "phase": 1, "loss": 1.0 / step, "nnz_query": 40.0 + step, "note": "x"}, step
+        )
+    tracker.close()
+    scalars = tensorboard_scalars(tmp_path / "run")
+    assert set(scalars) == {"phase1/loss", "phase1/nnz_query"}
+    assert scalars["phase1/loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    with pytest.raises(ConfigError, match="backend: must be one of"):
+        validate_tree(TrackingConfig(backend="comet"), "logging.")
+    if importlib.util.find_spec("mlflow") is None:
+        with pytest.raises(ConfigError, match="pip install mlflow"):
+            validate_tree(TrackingConfig(backend="mlflow"), "logging.")
