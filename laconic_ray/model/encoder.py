@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 LACONIC_FILE = "laconic.json"
 ADAPTER_FILE = "adapter_config.json"  # a PEFT adapter folder
+IDF_FILE = "idf.json"  # document-only models' static query table: token -> weight
 FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -70,6 +71,9 @@ class EncoderSettings:
     # Add the tokenizer's own special tokens ([CLS] ... [SEP] for BERT). False for causal LMs (the no-BOS rule);
     # True for masked-LM SPLADE models, which were trained with them
     special_tokens: bool = False
+    # model: queries through the LM like documents; idf: inference-free queries (document-only SPLADE models:
+    # a query is its distinct token ids, each weighted by a static table, idf.json; no model run)
+    query_encoder: str = "model"
     # Subtracted from the pooled logits before ReLU. 0 for pretrained LLMs, whose LM heads already give most
     # ids a negative logit. A randomly initialised model gives every id a positive max logit (dense vectors whose
     # huge dot products saturate InfoNCE and collapse training); a small offset keeps only the ids that stand out,
@@ -83,6 +87,8 @@ class EncoderSettings:
                 f"unsupported pooling/activation {self.pooling}/{self.activation} (pooling: max; activation: "
                 f"one of {sorted(ACTIVATIONS)})"
             )
+        if self.query_encoder not in ("model", "idf"):
+            raise ValueError(f"query_encoder must be model or idf, got {self.query_encoder!r}")
         if self.query_max_length <= 0 or self.passage_max_length <= 0:
             raise ValueError("max lengths must be > 0")
         if self.top_k is not None and self.top_k <= 0:
@@ -348,6 +354,7 @@ class SparseEncoder(nn.Module):
         # provenance for laconic.json and the model card: the hub id it descends from, its training phases
         self.base_model: str | None = None
         self.training_history: list[dict[str, Any]] = []
+        self.query_weights: torch.Tensor | None = None  # [vocab] float32 when settings.query_encoder == "idf"
         self.masked = is_masked_lm(self.lm)
         if self.masked:  # classic SPLADE: bidirectional by construction, padded with its own [PAD]
             if self.settings.mode != "bidirectional":
@@ -548,6 +555,8 @@ class SparseEncoder(nn.Module):
         threads: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> sp.csr_matrix:
+        if kind == "query" and self.settings.query_encoder == "idf":
+            return self._encode_static(texts, top_k)
         t0 = time.perf_counter()
         ids = self.tokenize(texts, kind)
         if stats is not None:
@@ -555,6 +564,24 @@ class SparseEncoder(nn.Module):
         return self.encode_ids(
             ids, batch_size=batch_size, top_k=top_k, stats=stats, threads=threads, on_batch=on_batch
         )
+
+    def _encode_static(self, texts: Sequence[str], top_k: int | None) -> sp.csr_matrix:
+        """Inference-free queries: each distinct token id of ``prefix + text`` (no special tokens, as
+        sentence-transformers' SparseStaticEmbedding tokenizes) weighted by the static table."""
+        if self.query_weights is None:
+            raise RuntimeError("query_encoder=idf but no query table is loaded (idf.json)")
+        ids = self.tokenizer(
+            [self.settings.query_prefix + t for t in texts],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.settings.query_max_length,
+        )["input_ids"]
+        table = self.query_weights.numpy()
+        rows = np.zeros((len(ids), self.vocab_size), dtype=np.float32)
+        for i, row in enumerate(ids):
+            present = np.unique(np.asarray(row, dtype=np.int64))
+            rows[i, present] = table[present]
+        return dense_to_csr(torch.from_numpy(rows), top_k)
 
     def encode_queries(
         self, texts: Sequence[str], batch_size: int = 32, top_k: int | None = None
@@ -698,7 +725,11 @@ class SparseEncoder(nn.Module):
         }
         from laconic_ray.model import card
 
-        if self.masked:  # loadable by sentence-transformers too
+        if self.query_weights is not None:  # the static query table, as document-only models ship it
+            tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            table = {t: float(w) for t, w in zip(tokens, self.query_weights.tolist(), strict=False) if w > 0}
+            storage.write_bytes(os.path.join(uri, IDF_FILE), json.dumps(table).encode())
+        elif self.masked:  # loadable by sentence-transformers too
             from laconic_ray.model import st_format
 
             st_format.write_files(uri, self.settings, self.vocab_size)
@@ -770,14 +801,21 @@ class SparseEncoder(nn.Module):
             if lora:
                 encoder.add_lora(**lora)
             return encoder
+        from laconic_ray.model import st_format
+
+        # a sentence-transformers Router folder keeps its MLM in a subfolder and its query table in another
+        model_source, static_dir = st_format.locate(source) if Path(source).is_dir() else (source, None)
         try:
-            config = AutoConfig.from_pretrained(source)
+            config = AutoConfig.from_pretrained(model_source)
             check_architecture(config.to_dict(), source)
             if _is_meta(device):  # shapes only: read config.json, no weights
                 model = _empty_model(config, dtype, attn_implementation)
             else:
                 model = auto_model_class(config.to_dict()).from_pretrained(
-                    source, config=config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+                    model_source,
+                    config=config,
+                    dtype=resolve_dtype(dtype),
+                    attn_implementation=attn_implementation,
                 )
         except OSError as e:
             if Path(source).exists():
@@ -788,7 +826,7 @@ class SparseEncoder(nn.Module):
                 "token: HF_TOKEN here, and on Ray workers in the nodes' own environment (runtime envs, which "
                 "Ray logs, never carry it)"
             ) from None
-        loaded_tokenizer = load_tokenizer(tokenizer or source)
+        loaded_tokenizer = load_tokenizer(tokenizer or model_source)
         fields = default_settings(os.fspath(name_or_path), source, config.to_dict(), loaded_tokenizer)
         fields.update({k: v for k, v in settings.items() if v is not None})
         if mode is not None:
@@ -803,9 +841,22 @@ class SparseEncoder(nn.Module):
         )
         encoder.model_id = _saved_model_id(source)
         encoder.base_model, encoder.training_history = _provenance(os.fspath(name_or_path), source)
+        if encoder.settings.query_encoder == "idf":
+            encoder.query_weights = _query_table(os.fspath(name_or_path), source, static_dir, encoder)
         if lora:
             encoder.add_lora(**lora)
         return encoder.to(device) if device and not _is_meta(device) else encoder
+
+    @classmethod
+    def from_sentence_transformers(cls, model: Any, **kwargs: Any) -> SparseEncoder:
+        """A sentence-transformers ``SparseEncoder`` (the object, or its folder or hub id) as ours: SPLADE
+        (MLM + SpladePooling) or document-only (Router with a static query table), its prompts, max length
+        and activation kept."""
+        if isinstance(model, str | os.PathLike):
+            return cls.from_pretrained(model, **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(tmp)
+            return cls.from_pretrained(tmp, **kwargs)
 
     @classmethod
     def _from_adapter(
@@ -961,9 +1012,9 @@ def refuse_doc_only(name: str, key: str = "model") -> None:
 
     if is_doc_only(name):
         raise UnsupportedModel(
-            f"{key}: {name} is a document-only model (its queries are tokens weighted by an idf table, not MLM "
-            "outputs); inference-free query encoders are not built yet. Use a symmetric model (naver/splade-v3, "
-            "opensearch-project/opensearch-neural-sparse-encoding-v2-distill)"
+            f"{key}: {name} is a document-only model whose query encoder is not reproduced here (its queries are "
+            "not MLM outputs). Use a symmetric model (naver/splade-v3) or a document-only one with an idf.json "
+            "(opensearch-project/opensearch-neural-sparse-encoding-doc-v3-distill, or query_encoder=idf)"
         )
 
 
@@ -1062,6 +1113,36 @@ def weights_digest(folder: str) -> str:
             while block := f.read(1 << 24):
                 h.update(block)
     return f"sha256:{h.hexdigest()}"
+
+
+def _query_table(name: str, source: str, static_dir: str | None, encoder: SparseEncoder) -> torch.Tensor:
+    """The static query table [vocab] of a document-only model: a sentence-transformers SparseStaticEmbedding
+    folder's weights, or ``idf.json`` (token -> weight; OpenSearch's layout) in the folder or hub repo. Tokens
+    map to ids as sentence-transformers maps them (``convert_tokens_to_ids``)."""
+    from laconic_ray.model import st_format
+
+    table = torch.zeros(encoder.vocab_size, dtype=torch.float32)
+    if static_dir is not None:
+        weights = st_format.query_weights(static_dir)
+        table[: min(len(weights), len(table))] = weights[: len(table)]
+        return table
+    path = Path(source) / IDF_FILE
+    if not path.is_file() and not Path(source).exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(name, IDF_FILE))
+        except Exception:
+            pass
+    if not path.is_file():
+        raise UnsupportedModel(
+            f"{name}: query_encoder=idf needs the static query table, {IDF_FILE} (token -> weight), beside the "
+            "model (or a sentence-transformers Router folder); none found"
+        )
+    idf = json.loads(path.read_text())
+    ids = encoder.tokenizer.convert_tokens_to_ids(list(idf))
+    table[torch.as_tensor(ids, dtype=torch.long)] = torch.tensor(list(idf.values()), dtype=torch.float32)
+    return table
 
 
 def _provenance(name: str, source: str) -> tuple[str | None, list[dict[str, Any]]]:

@@ -26,22 +26,42 @@ ST_MLM = "sentence_transformers.sparse_encoder.models.MLMTransformer"
 ST_POOLING = "sentence_transformers.sparse_encoder.models.SpladePooling"
 
 
+def locate(folder: str) -> tuple[str, str | None]:
+    """(folder holding the masked LM, folder of the static query table or None). A Router (document-only
+    model: MLM + pooling for documents, a ``SparseStaticEmbedding`` idf table for queries) keeps each route's
+    modules in subfolders named ``<route>_<i>_<Class>``; any other folder is its own model folder."""
+    root = Path(folder)
+    router = _read_json(root / "router_config.json") if (root / MODULES).is_file() else {}
+    if not router:
+        return folder, None
+    structure = router.get("structure", {})
+    document = [name for name in structure.get("document", []) if not name.endswith("SpladePooling")]
+    query = structure.get("query", [])
+    if len(document) != 1 or len(query) != 1 or not query[0].endswith("SparseStaticEmbedding"):
+        raise ValueError(
+            f"{folder}/router_config.json: routes {structure}; only document = (transformer, SpladePooling) "
+            "with query = SparseStaticEmbedding is supported"
+        )
+    return str(root / document[0]), str(root / query[0])
+
+
 def read_settings(folder: str, max_length: int) -> dict[str, Any] | None:
     """Our settings from a sentence-transformers SPLADE folder; ``None`` when it is not one. ``max_length``:
     the tokenizer's, which is where sentence-transformers v6 keeps ``max_seq_length``."""
     root = Path(folder)
     if not (root / MODULES).is_file():
         return None
-    modules = json.loads((root / MODULES).read_text())
-    pooling = [m for m in modules if m.get("type", "").endswith("SpladePooling")]
+    model_dir, query_dir = locate(folder)
+    if query_dir is None:
+        modules = json.loads((root / MODULES).read_text())
+        pooling = [root / m["path"] for m in modules if m.get("type", "").endswith("SpladePooling")]
+    else:
+        pooling = [
+            p for p in root.iterdir() if p.name.startswith("document_") and p.name.endswith("SpladePooling")
+        ]
     if not pooling:
-        types = [m.get("type") for m in modules]
-        raise ValueError(f"{folder}/{MODULES}: no SpladePooling module ({types}): not a SPLADE model")
-    if any(m.get("type", "").endswith("Router") for m in modules):
-        raise ValueError(
-            f"{folder}: a Router (document-only) model; inference-free queries are not built yet"
-        )
-    pooling_config = json.loads((root / pooling[0]["path"] / "config.json").read_text())
+        raise ValueError(f"{folder}/{MODULES}: no SpladePooling module: not a SPLADE model")
+    pooling_config = json.loads((pooling[0] / "config.json").read_text())
     if pooling_config.get("pooling_strategy", "max") != "max":
         raise ValueError(
             f"{folder}: pooling_strategy {pooling_config['pooling_strategy']!r}, only max is built"
@@ -49,9 +69,8 @@ def read_settings(folder: str, max_length: int) -> dict[str, Any] | None:
     activation = pooling_config.get("activation_function", "relu")
     if activation not in ACTIVATIONS:
         raise ValueError(f"{folder}: SpladePooling activation_function {activation!r} is unknown")
-    st_config = _read_json(root / ST_CONFIG)
-    prompts = st_config.get("prompts") or {}
-    module_config = _read_json(root / "sentence_bert_config.json")
+    prompts = _read_json(root / ST_CONFIG).get("prompts") or {}
+    module_config = _read_json(Path(model_dir) / "sentence_bert_config.json")
     length = int(module_config.get("max_seq_length") or max_length)  # v5 keeps it here, v6 in the tokenizer
     return {
         "mode": "bidirectional",
@@ -61,7 +80,15 @@ def read_settings(folder: str, max_length: int) -> dict[str, Any] | None:
         "passage_max_length": length,
         "special_tokens": True,
         "activation": ACTIVATIONS[activation],
+        "query_encoder": "model" if query_dir is None else "idf",
     }
+
+
+def query_weights(query_dir: str) -> Any:
+    """The static query table (one weight per vocabulary id) of a ``SparseStaticEmbedding`` folder."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(query_dir) / "model.safetensors"))["weight"].float()
 
 
 def write_files(folder: str, settings: Any, vocab_size: int) -> None:

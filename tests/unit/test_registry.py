@@ -67,6 +67,12 @@ SCRIPT = textwrap.dedent(
             for kind, encode in (("query", theirs.encode_query), ("passage", theirs.encode_document))
         ),
     }
+    doc_only = SparseEncoder.from_pretrained("opensearch-project/opensearch-neural-sparse-encoding-doc-v3-distill")
+    query = doc_only.encode(["blood blood heart [SEP]"], "query")
+    out["doc_only"] = {
+        "settings": dataclasses.asdict(doc_only.settings),
+        "query": dict(zip(doc_only.tokenizer.convert_ids_to_tokens(query.indices.tolist()), query.data.tolist())),
+    }
     print(json.dumps(out))
     """
 )
@@ -76,6 +82,14 @@ def test_released_checkpoints_load_by_hub_id_offline_with_their_settings(tmp_pat
     cache = tmp_path / "hub"
     released_laconic(hub_snapshot(cache, "utahnlp/laconic-1b"))
     save_masked_lm(hub_snapshot(cache, "naver/splade-v3"))
+    # OpenSearch's layout: the MLM at the root, the query table beside it (a DistilBERT in the real repos)
+    doc_only = Path(
+        save_masked_lm(
+            hub_snapshot(cache, "opensearch-project/opensearch-neural-sparse-encoding-doc-v3-distill"),
+            "distilbert",
+        )
+    )
+    (doc_only / "idf.json").write_text(json.dumps({"blood": 3.5, "heart": 1.25, "the": 0.1, "[SEP]": 0.0}))
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
@@ -90,10 +104,15 @@ def test_released_checkpoints_load_by_hub_id_offline_with_their_settings(tmp_pat
     assert out["splade"]["settings"]["special_tokens"] is True
     assert out["splade"]["settings"]["passage_max_length"] == 512
     assert out["splade"]["max_abs_diff"] <= 1e-5
+    doc_only = out["doc_only"]
+    assert doc_only["settings"]["query_encoder"] == "idf"
+    assert doc_only["settings"]["activation"] == "log1p_log1p_relu"
+    # distinct tokens, each weighted by the table; [SEP] typed in a query is text, and weighs 0 anyway
+    assert doc_only["query"] == {"blood": 3.5, "heart": 1.25}
 
 
 def test_document_only_models_are_refused_by_name_before_any_download():
-    name = "opensearch-project/opensearch-neural-sparse-encoding-doc-v3-distill"
+    name = "naver/splade-v3-doc"
     with pytest.raises(UnsupportedModel, match="document-only"):
         SparseEncoder.from_pretrained(name)
     with pytest.raises(UnsupportedModel, match=r"model: .*document-only"):

@@ -139,6 +139,11 @@ def test_folders_move_both_ways_between_us_and_sentence_transformers(tmp_path):
     theirs.prompts = {"query": "q: ", "document": "d: "}
     theirs.save(str(tmp_path / "st"))
     ours = SparseEncoder.from_pretrained(tmp_path / "st")
+    from_object = SparseEncoder.from_sentence_transformers(theirs)  # the object itself, through a temp folder
+    assert from_object.settings == ours.settings
+    np.testing.assert_array_equal(
+        from_object.encode_documents(TEXTS).toarray(), ours.encode_documents(TEXTS).toarray()
+    )
     s = ours.settings
     assert (s.query_prefix, s.passage_prefix, s.passage_max_length, s.special_tokens) == (
         "q: ",
@@ -182,3 +187,44 @@ def test_lora_on_a_masked_lm_adapts_every_linear_but_the_projection_and_merges(t
     ours.save_pretrained(tmp_path / "merged")
     again = SparseEncoder.from_pretrained(tmp_path / "merged")
     np.testing.assert_allclose(again.encode_documents(TEXTS[:2]).toarray(), adapted, atol=1e-5)
+
+
+def test_document_only_models_encode_queries_from_their_table_as_sentence_transformers(tmp_path):
+    """An inference-free model saved by sentence-transformers (a Router: MLM + SpladePooling for documents, a
+    SparseStaticEmbedding idf table for queries) loads with query_encoder=idf and gives their vectors; saved
+    by us it carries idf.json (OpenSearch's layout), which loads back the same."""
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.sparse_encoder.modules import (
+        MLMTransformer,
+        Router,
+        SparseStaticEmbedding,
+        SpladePooling,
+    )
+
+    folder = save_masked_lm(tmp_path / "m")
+    mlm = MLMTransformer(folder)
+    generator = torch.Generator().manual_seed(0)
+    idf = torch.rand(30522, generator=generator) * (torch.rand(30522, generator=generator) > 0.3)
+    router = Router.for_query_document(
+        query_modules=[SparseStaticEmbedding(mlm.tokenizer, weight=idf, frozen=True)],
+        document_modules=[mlm, SpladePooling("max", activation_function="log1p_relu")],
+    )
+    theirs = STSparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
+    theirs.save(str(tmp_path / "st"))
+    ours = SparseEncoder.from_pretrained(tmp_path / "st")
+    assert ours.settings.query_encoder == "idf" and ours.settings.activation == "log1p_log1p_relu"
+    queries = ["what causes rainbows rainbows", "Aspirin and the heart", ""]
+    np.testing.assert_allclose(
+        ours.encode(queries, "query").toarray(), st_vectors(theirs, queries, "query"), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        ours.encode(TEXTS, "passage").toarray(), st_vectors(theirs, TEXTS, "passage"), atol=1e-5
+    )
+    ours.save_pretrained(tmp_path / "ours")
+    assert (tmp_path / "ours" / "idf.json").is_file() and not (tmp_path / "ours" / "modules.json").exists()
+    again = SparseEncoder.from_pretrained(tmp_path / "ours")
+    np.testing.assert_allclose(
+        again.encode(queries, "query").toarray(), ours.encode(queries, "query").toarray()
+    )
+    with pytest.raises(UnsupportedModel, match=r"idf\.json"):
+        SparseEncoder.from_pretrained(folder, query_encoder="idf")
