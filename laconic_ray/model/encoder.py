@@ -577,11 +577,21 @@ class SparseEncoder(nn.Module):
             max_length=self.settings.query_max_length,
         )["input_ids"]
         table = self.query_weights.numpy()
-        rows = np.zeros((len(ids), self.vocab_size), dtype=np.float32)
-        for i, row in enumerate(ids):
-            present = np.unique(np.asarray(row, dtype=np.int64))
-            rows[i, present] = table[present]
-        return dense_to_csr(torch.from_numpy(rows), top_k)
+        indptr, indices, data = [0], [], []
+        for row in ids:
+            present = np.unique(np.asarray(row, dtype=np.int64))  # sorted
+            weights = table[present]
+            keep = np.flatnonzero(weights > 0)
+            if top_k is not None and len(keep) > top_k:  # the heaviest, ids kept in ascending order
+                keep = np.sort(keep[np.argsort(-weights[keep], kind="stable")[:top_k]])
+            indices.append(present[keep])
+            data.append(weights[keep])
+            indptr.append(indptr[-1] + len(keep))
+        return sp.csr_matrix(
+            (np.concatenate([np.zeros(0, np.float32), *data]).astype(np.float32),
+             np.concatenate([np.zeros(0, np.int64), *indices]).astype(np.int32), np.asarray(indptr)),
+            shape=(len(ids), self.vocab_size),
+        )  # fmt: skip
 
     def encode_queries(
         self, texts: Sequence[str], batch_size: int = 32, top_k: int | None = None
