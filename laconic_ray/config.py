@@ -231,6 +231,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 ATTENTION_MODES = ("bidirectional", "echo", "causal")
+QUANTIZATIONS = ("none", "bfloat16", "int8", "int4")  # of an encoder at load (SparseEncoder.quantize)
+
+
+def check_quantization(value: str | None) -> None:
+    check(value is None or value in QUANTIZATIONS, "quantization", f"must be one of {QUANTIZATIONS} or null")
 
 
 @dataclasses.dataclass
@@ -334,6 +339,7 @@ class EncodeConfig:
     num_cpus_per_actor: float = 1.0  # also the torch threads of a CPU actor
     device: str = "auto"  # auto (cuda when the actor has a GPU) | cpu | cuda
     dtype: str | None = None  # override the checkpoint's dtype (bfloat16 on GPUs)
+    quantization: str | None = None  # none | bfloat16 | int8 (CPU) | int4 (CUDA); null: the checkpoint's
     on_bad_row: str = "reject"  # reject: write rejects/ with reasons and go on | raise: stop at the first
     max_retries: int = 3  # restarts of a failed actor and retries of its shard
     overwrite: bool = False  # rewrite a finished output (never done silently)
@@ -341,6 +347,7 @@ class EncodeConfig:
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def validate(self) -> None:
+        check_quantization(self.quantization)
         check(bool(self.model), "model", "give the checkpoint to encode with (model=<dir, hub id or s3://>)")
         check(bool(self.corpus), "corpus", "give the corpus file or folder (corpus=<uri>)")
         check(bool(self.output), "output", "give the output folder (output=<uri>)")
@@ -696,6 +703,7 @@ class ServeConfig:
     max_query_chars: int = 4000
     verify: bool = True  # checksum every shard file when an actor loads it
     check_model: bool = True  # refuse a query model other than the one that encoded the index
+    quantization: str | None = None  # none | bfloat16 | int8 (CPU) | int4 (CUDA); null: the checkpoint's
     startup_timeout_s: float = 300.0  # shard actors must be scheduled and loaded within this
     max_batch_queries: int = 256  # concurrent queries sent to the shards together (micro-batching)
     # a batch waits up to this long for the callers of the last one to come back (only when fewer are queued)
@@ -709,6 +717,7 @@ class ServeConfig:
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def validate(self) -> None:
+        check_quantization(self.quantization)
         check(bool(self.index), "index", "give the index folder (index=<uri>)")
         check(self.replicas > 0 and self.http_replicas > 0, "replicas", "must be > 0")
         check(self.num_cpus_per_shard > 0, "num_cpus_per_shard", "must be > 0")
@@ -746,6 +755,7 @@ class EvalConfig:
     k: int = 1000  # depth of the run (>= 100 for Recall@100)
     mode: str = "exact"
     check_model: bool = True  # refuse a query model other than the one that encoded the index
+    quantization: str | None = None  # none | bfloat16 | int8 (CPU) | int4 (CUDA); null: the checkpoint's
     measures: list[str] = dataclasses.field(default_factory=lambda: ["nDCG@10", "R@100", "RR@10"])
     baseline: str = ""  # a TREC run to compare against (per-query wins/losses, paired tests)
     output: str = ""  # folder for run.trec, metrics.json, per_query.tsv (and the delta plot)
@@ -759,6 +769,7 @@ class EvalConfig:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
     def validate(self) -> None:
+        check_quantization(self.quantization)
         check(bool(self.dataset), "dataset", "name the collection with the qrels (dataset=<name or path>)")
         check(self.bm25_layout in ("flat", "multifield"), "bm25_layout", "must be flat or multifield")
         check(self.retriever in ("laconic", "bm25", "run"), "retriever", "must be laconic, bm25 or run")

@@ -66,6 +66,7 @@ class EncodeSettings:
     impact_scale: float = 100.0
     device: str = "auto"
     dtype: str | None = None
+    quantization: str | None = None  # None: the checkpoint's setting
     torch_threads: int | None = None
     on_bad_row: str = "reject"
     options: StorageOptions | None = None
@@ -78,6 +79,8 @@ class EncodeSettings:
             "top_k": self.top_k,
             "quantize": self.quantize,
             "impact_scale": self.impact_scale if self.quantize else None,
+            # (only when asked for: outputs begun before this key existed still resume)
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
 
@@ -133,13 +136,22 @@ class ShardEncoder:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.encoder = SparseEncoder.from_pretrained(
-            settings.model, device=self.device, dtype=settings.dtype, options=settings.options
+            settings.model,
+            device=self.device,
+            dtype=settings.dtype,
+            quantization=settings.quantization,
+            options=settings.options,
         )
         self.model_name = settings.model
         self.ready_at = time.time()  # wall clock: the journal's timeline (start-up vs steady state)
 
     def metadata(self) -> dict[str, Any]:
-        meta = {"model": self.model_name, "kind": self.settings.kind, "top_k": self.settings.top_k}
+        meta = {
+            "model": self.model_name,
+            "kind": self.settings.kind,
+            "top_k": self.settings.top_k,
+            "quantization": self.encoder.quantized,  # of the encoder that made the vectors
+        }
         if self.encoder.model_id:
             meta["model_id"] = self.encoder.model_id
         if self.settings.quantize:

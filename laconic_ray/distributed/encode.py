@@ -86,6 +86,7 @@ def settings_from(config: EncodeConfig, corpus: str) -> EncodeSettings:
         impact_scale=config.impact_scale,
         device=config.device,
         dtype=config.dtype,
+        quantization=config.quantization,
         torch_threads=max(1, int(config.num_cpus_per_actor)) if config.num_gpus_per_actor == 0 else None,
         on_bad_row=config.on_bad_row,
         options=config.storage.options(),

@@ -312,6 +312,7 @@ def deploy(config, options: StorageOptions) -> str:
         "max_batch_queries": config.max_batch_queries,
         "batch_wait_ms": config.batch_wait_ms,
         "check_model": config.check_model,
+        "quantization": config.quantization,
         "startup_timeout_s": config.startup_timeout_s,
     }
     service = SearchService.options(

@@ -48,6 +48,7 @@ def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearch
         max_batch_queries=config.max_batch_queries,
         batch_wait_ms=config.batch_wait_ms,
         check_model=config.check_model,
+        quantization=config.quantization,
     )
 
 

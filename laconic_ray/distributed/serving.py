@@ -209,6 +209,7 @@ class ShardedSearcher:
         max_batch_queries: int = 256,
         batch_wait_ms: float = 1.0,
         check_model: bool = True,
+        quantization: str | None = None,
         _attach: bool = False,
     ) -> None:
         self.index, self.options, self.name = index, options, name
@@ -239,7 +240,9 @@ class ShardedSearcher:
                 from laconic_ray.index.partition import check_query_model
                 from laconic_ray.model import SparseEncoder
 
-                self.encoder = SparseEncoder.from_pretrained(model, options=options)
+                self.encoder = SparseEncoder.from_pretrained(
+                    model, options=options, quantization=quantization
+                )
                 check_query_model(self.manifest.metadata, self.encoder, index, strict=check_model)
             self._start(num_cpus_per_shard, shard_resource, max_restarts, verify, startup_timeout_s, _attach)
             if direct:

@@ -57,7 +57,7 @@ def laconic_run(config: EvalConfig, queries: list[Query], options: StorageOption
         return _service_run(config, queries)
     manifest = read_index_manifest(config.index, options)
     check_model_source(config.model, options)
-    encoder = SparseEncoder.from_pretrained(config.model, options=options)
+    encoder = SparseEncoder.from_pretrained(config.model, options=options, quantization=config.quantization)
     check_query_model(manifest.metadata, encoder, config.index, strict=config.check_model)
     shards = [InvertedIndex.load(storage.join(config.index, f.path), options=options) for f in manifest.files]
     run: Run = {}

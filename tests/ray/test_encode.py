@@ -173,6 +173,18 @@ def test_raise_policy_names_file_and_line(ray_session, model_dir, bad_corpus, tm
         encode(model_dir, str(bad_corpus), str(tmp_path / "vecs"), on_bad_row="raise")
 
 
+def test_quantized_encoding_is_recorded_in_the_manifest(ray_session, model_dir, corpus, tmp_path):
+    encode(model_dir, corpus, str(tmp_path / "int8"), quantization="int8")
+    ids, csr, meta = sparse.read_sparse(str(tmp_path / "int8"))
+    assert meta["quantization"] == "int8"
+    ref_ids, ref = reference(model_dir, corpus)
+    got = csr[[ids.index(d) for d in ref_ids]].toarray()
+    relative = np.abs(got - ref.toarray()).sum(axis=1) / ref.toarray().sum(axis=1)
+    assert 0 < np.median(relative) < 0.05  # tests/unit/test_quantization.py's int8 tolerance
+    encode(model_dir, corpus, str(tmp_path / "fp32"))
+    assert sparse.read_sparse(str(tmp_path / "fp32"))[2]["quantization"] == "none"
+
+
 def test_queries_are_encoded_with_the_query_prefix(ray_session, model_dir, tmp_path, data_root):
     queries = tmp_path / "queries.jsonl"
     queries.write_text((data_root / "scifact" / "queries.jsonl").read_text().splitlines(keepends=True)[0] * 1)
