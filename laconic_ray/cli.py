@@ -100,6 +100,11 @@ STAGES: dict[str, Stage] = {
         schema="laconic_ray.config:ExportConfig",
         runner="laconic_ray.eval.export:run_export",
     ),
+    "study": Stage(
+        "run a grid of stage runs (conf/studies/*.yaml), resumable, with report.md, results.csv and figures",
+        schema="laconic_ray.config:StudyConfig",
+        runner="laconic_ray.studies.runner:run_study",
+    ),
     "regress": Stage(
         "run a regression matrix (conf/regressions/*.yaml) and judge it OK / OKish / FAIL",
         schema="laconic_ray.config:RegressConfig",

@@ -854,6 +854,38 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class StudyConfig:
+    """``laconic study``: a grid of stage runs (each cell runs ``stages`` in order), resumable, reported."""
+
+    name: str = ""
+    description: str = ""  # the report's opening paragraph (what is compared, and caveats)
+    output: str = ""  # local folder: cells/<cell>/ (each stage's output), results.json/.csv, report.md, PNGs
+    stages: list[str] = dataclasses.field(default_factory=list)  # e.g. [quickstart] or [encode, index, eval]
+    # per stage: key=value overrides as on its command line; "{cell}" is the cell's folder
+    overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # "stage.key": values
+    report: list[str] = dataclasses.field(default_factory=list)  # dotted paths into stage summaries
+    pareto: list[str] = dataclasses.field(default_factory=list)  # [cost metric, quality metric]: a PNG
+    stability_steps: int = 20  # early-training window (logged steps) for the stability numbers and figure
+
+    def validate(self) -> None:
+        from laconic_ray.cli import STAGES
+        from laconic_ray.storage import is_remote
+
+        check(bool(self.name) and bool(self.output), "output", "give name and output (a local folder)")
+        check(not is_remote(self.output), "output", "a study's folder is local (cells may write s3://)")
+        check(bool(self.stages), "stages", "list the stages each cell runs, e.g. [encode, index, eval]")
+        unknown = [s for s in self.stages if s not in STAGES or s in ("study", "serve")]
+        check(not unknown, "stages", f"{unknown}: not stages a study can run")
+        for key, values in self.grid.items():
+            stages = {part.strip().partition(".")[0] for part in key.split(",")}
+            check(stages <= set(self.stages), "grid", f"{key}: names a stage not in stages")
+            check(isinstance(values, list) and len(values) > 0, "grid", f"{key}: give a non-empty list")
+        check(len(self.pareto) in (0, 2), "pareto", "give two metrics: [cost, quality]")
+        check(self.stability_steps > 1, "stability_steps", "must be > 1")
+
+
+@dataclasses.dataclass
 class QuickstartConfig:
     """``laconic quickstart``: every stage end to end on one collection, on a local Ray cluster and local disk:
     weak pairs -> phase 1 -> hard negatives -> phase 2 -> Ray Data encode -> sharded index -> serve -> eval."""

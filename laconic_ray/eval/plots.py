@@ -105,3 +105,30 @@ def plot_bars(values: Mapping[str, float], path: str, ylabel: str, title: str = 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_pareto(
+    points: Mapping[str, tuple[float, float]], path: str, xlabel: str, ylabel: str, title: str = ""
+) -> str:
+    """One labelled point per configuration (x: a cost such as latency, y: a quality), the Pareto front
+    (no other point both cheaper and better) joined by a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ordered = sorted(points.items(), key=lambda item: (item[1][0], -item[1][1]))
+    front, best = [], float("-inf")
+    for _, (x, y) in ordered:
+        if y > best:
+            front.append((x, y))
+            best = y
+    ax.plot([p[0] for p in front], [p[1] for p in front], color="#adb5bd", zorder=1)
+    for label, (x, y) in ordered:
+        ax.scatter([x], [y], zorder=2)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
