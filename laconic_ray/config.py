@@ -754,6 +754,7 @@ class EvalConfig:
     run: str = ""  # retriever=run: an existing TREC run file
     k: int = 1000  # depth of the run (>= 100 for Recall@100)
     mode: str = "exact"
+    latency_queries: int = 0  # laconic: also time this many text queries one at a time (p50/p99 ms)
     check_model: bool = True  # refuse a query model other than the one that encoded the index
     quantization: str | None = None  # none | bfloat16 | int8 (CPU) | int4 (CUDA); null: the checkpoint's
     measures: list[str] = dataclasses.field(default_factory=lambda: ["nDCG@10", "R@100", "RR@10"])
@@ -770,6 +771,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_quantization(self.quantization)
+        check(self.latency_queries >= 0, "latency_queries", "must be >= 0")
         check(bool(self.dataset), "dataset", "name the collection with the qrels (dataset=<name or path>)")
         check(self.bm25_layout in ("flat", "multifield"), "bm25_layout", "must be flat or multifield")
         check(self.retriever in ("laconic", "bm25", "run"), "retriever", "must be laconic, bm25 or run")

@@ -47,7 +47,9 @@ def bm25_run(
     return {qid: {d: s for d, s in ranked if d != qid} for qid, ranked in hits.items()}
 
 
-def laconic_run(config: EvalConfig, queries: list[Query], options: StorageOptions | None) -> Run:
+def laconic_run(
+    config: EvalConfig, queries: list[Query], options: StorageOptions | None, latency: dict | None = None
+) -> Run:
     from laconic_ray.index import InvertedIndex, merge_topk
     from laconic_ray.index.partition import check_query_model, read_index_manifest
     from laconic_ray.model import SparseEncoder
@@ -73,7 +75,35 @@ def laconic_run(config: EvalConfig, queries: list[Query], options: StorageOption
                 ids, scores = merge_topk([p[qi] for p in partials], config.k)
                 run[query.id] = dict(zip(ids, scores.tolist(), strict=True))
             progress.update(len(chunk))
+    if latency is not None and config.latency_queries > 0:
+        latency.update(text_query_latency(encoder, shards, queries[: config.latency_queries], config))
     return run
+
+
+def text_query_latency(
+    encoder: Any, shards: list, queries: list[Query], config: EvalConfig
+) -> dict[str, float]:
+    """One text query at a time, as a service answers it: encode, search every shard, merge the top k.
+    Median and p99 over ``queries`` (after 5 warm-up queries: kernels compile on first use)."""
+    import numpy as np
+
+    from laconic_ray.index import merge_topk
+
+    def answer(text: str) -> None:
+        vector = encoder.encode_queries([text])
+        merge_topk([s.search(vector[0].indices, vector[0].data, config.k, mode=config.mode) for s in shards],
+                   config.k)  # fmt: skip
+
+    began = time.perf_counter()
+    for query in queries[:5]:
+        answer(query.text)
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        answer(query.text)
+        times.append(1000 * (time.perf_counter() - started))
+    return {"p50": round(float(np.median(times)), 3), "p99": round(float(np.percentile(times, 99)), 3),
+            "queries": len(times), "seconds": time.perf_counter() - began}  # fmt: skip
 
 
 def _service_run(config: EvalConfig, queries: list[Query]) -> Run:
@@ -105,6 +135,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     qrels = dataset.qrels(config.split)
     queries = list(dataset.queries(config.split))
     started = time.perf_counter()
+    latency: dict[str, float] = {}  # text_query_latency's figures (and its seconds, kept out of retrieval_s)
     if config.retriever == "bm25":
         run = bm25_run(
             dataset,
@@ -119,8 +150,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     elif config.retriever == "run":
         run = read_run(config.run, options)
     else:
-        run = laconic_run(config, queries, options)
-    retrieval_s = time.perf_counter() - started
+        run = laconic_run(config, queries, options, latency)
+    retrieval_s = time.perf_counter() - started - latency.get("seconds", 0.0)
     aggregate, per_query = evaluate(run, qrels, config.measures)
     summary: dict[str, Any] = {
         "dataset": dataset.name,
@@ -131,6 +162,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "retrieval_s": round(retrieval_s, 2),
         "ms_per_query": round(1000 * retrieval_s / max(len(queries), 1), 3),
     }
+    if config.retriever == "laconic" and latency:
+        summary["text_query_ms"] = {k: v for k, v in latency.items() if k != "seconds"}
     comparison = None
     if config.baseline:
         baseline_aggregate, baseline = evaluate(read_run(config.baseline, options), qrels, config.measures)

@@ -47,10 +47,17 @@ def cells(config: StudyConfig) -> list[dict[str, Any]]:
 
 
 def cell_name(params: dict[str, Any]) -> str:
-    """``mode=echo,enabled=true``: the last part of each key with its value, safe as a folder name."""
-    parts = [f"{key.split(',')[0].rsplit('.', 1)[-1]}={json.dumps(value) if isinstance(value, bool) else value}"
-             for key, value in params.items()]  # fmt: skip
+    """``mode=echo,enabled=true``: each key's last part with its value (``stage-key`` where two keys share a
+    last part: ``encode-quantization=int8,index-quantization=uint8``), safe as a folder name."""
+    shorts = [key.split(",")[0].rsplit(".", 1)[-1] for key in params]
+    names = [short if shorts.count(short) == 1 else key.split(",")[0].replace(".", "-")
+             for short, key in zip(shorts, params, strict=True)]  # fmt: skip
+    parts = [f"{name}={_value(value)}" for name, value in zip(names, params.values(), strict=True)]
     return re.sub(r"[^A-Za-z0-9=,._-]", "_", ",".join(parts)) or "default"
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def stage_args(config: StudyConfig, stage: str, params: dict[str, Any], folder: str) -> list[str]:
@@ -64,7 +71,7 @@ def stage_args(config: StudyConfig, stage: str, params: dict[str, Any], folder: 
         for key in keys.split(","):  # "encode.quantization,eval.quantization": one value for both
             target, _, field = key.strip().partition(".")
             if target == stage:
-                overrides.append(f"{field}={json.dumps(value) if isinstance(value, bool) else value}")
+                overrides.append(f"{field}={_value(value)}")
     return overrides
 
 
@@ -142,6 +149,9 @@ def write_report(config: StudyConfig, results: list[dict], failed: list[dict]) -
     root.mkdir(parents=True, exist_ok=True)
     columns = [*config.grid, *config.report, "early_loss_spikes", "early_loss_cv", "seconds"]
     rows = [{c: (r["params"].get(c) if c in config.grid else metric(r, c)) for c in columns} for r in results]
+    empty = {c for c in ("early_loss_spikes", "early_loss_cv") if all(row[c] is None for row in rows)}
+    columns = [c for c in columns if c not in empty]  # no training in the cells: no stability columns
+    rows = [{c: row[c] for c in columns} for row in rows]
     (root / "results.json").write_text(json.dumps({"study": config.name, "cells": results, "failed": failed},
                                                   indent=1, default=str))  # fmt: skip
     buffer = io.StringIO()
@@ -158,7 +168,8 @@ def write_report(config: StudyConfig, results: list[dict], failed: list[dict]) -
                                    f"{config.name}: loss over the first {limit} logged steps"))  # fmt: skip
     if len(config.pareto) == 2:
         x_key, y_key = config.pareto
-        points = {r["cell"]: (metric(r, x_key), metric(r, y_key)) for r in results}
+        points = {"/".join(_value(v) for v in r["params"].values()): (metric(r, x_key), metric(r, y_key))
+                  for r in results}  # fmt: skip
         points = {k: v for k, v in points.items() if None not in v}
         if points:
             figures.append(plot_pareto(points, str(root / "pareto.png"), x_key, y_key, config.name))

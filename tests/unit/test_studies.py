@@ -65,8 +65,8 @@ class Recorder:
 def test_a_grid_runs_every_cell_once_and_resumes(tmp_path):
     config = study(tmp_path)
     assert [cell_name(p) for p in cells(config)] == [
-        "quantization=none,quantization=uint8", "quantization=none,quantization=float32",
-        "quantization=int8,quantization=uint8", "quantization=int8,quantization=float32",
+        "encode-quantization=none,index-quantization=uint8", "encode-quantization=none,index-quantization=float32",
+        "encode-quantization=int8,index-quantization=uint8", "encode-quantization=int8,index-quantization=float32",
     ]  # fmt: skip
     shared = stage_args(
         load_config(StudyConfig, None, [*study_args(tmp_path), "overrides.encode=['output=v/{index.quantization}']"]),
@@ -80,7 +80,7 @@ def test_a_grid_runs_every_cell_once_and_resumes(tmp_path):
     encodes = [c for c in recorder.calls if c[0] == "encode"]
     assert [c[1] for c in encodes] == ["none", "none", "int8", "int8"]
     assert encodes[2][2] == str(
-        tmp_path / "study" / "cells" / "quantization=int8,quantization=uint8" / "vectors"
+        tmp_path / "study" / "cells" / "encode-quantization=int8,index-quantization=uint8" / "vectors"
     )
     rows = list(csv.DictReader((tmp_path / "study" / "results.csv").open()))
     assert len(rows) == 4 and rows[3]["eval.metrics.nDCG@10"] == str(0.6 + 0.01 - 0.002)
@@ -91,17 +91,22 @@ def test_a_grid_runs_every_cell_once_and_resumes(tmp_path):
     again = Recorder()
     run_study(config, again.runners())
     assert again.calls == []
-    (tmp_path / "study" / "cells" / "quantization=none,quantization=float32" / "result.json").unlink()
+    (
+        tmp_path / "study" / "cells" / "encode-quantization=none,index-quantization=float32" / "result.json"
+    ).unlink()
     run_study(config, again.runners())
     assert [c[0] for c in again.calls] == ["encode", "index", "eval"]
 
 
 def test_a_failed_cell_is_reported_and_the_others_still_run(tmp_path):
     config = study(tmp_path)
-    first = run_study(config, Recorder(fail_on="int8,quantization=float32").runners())
-    assert first["done"] == 3 and first["failed"][0]["cell"] == "quantization=int8,quantization=float32"
+    first = run_study(config, Recorder(fail_on="int8,index-quantization=float32").runners())
     assert (
-        "Failed: `quantization=int8,quantization=float32` in eval: RuntimeError: shard went away"
+        first["done"] == 3
+        and first["failed"][0]["cell"] == "encode-quantization=int8,index-quantization=float32"
+    )
+    assert (
+        "Failed: `encode-quantization=int8,index-quantization=float32` in eval: RuntimeError: shard went away"
         in (tmp_path / "study" / "report.md").read_text()
     )
     fixed = Recorder()
