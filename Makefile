@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # SciFact from BEIR's public archive.
 # A local wheel folder (the CPU torch build on our machines) when there is one.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: quickstart test test-unit lint format bench clean-venv
 
