@@ -913,6 +913,7 @@ class SparseEncoder(nn.Module):
             if mode is not None:
                 fields["mode"] = mode
             encoder_settings = EncoderSettings(**fields)
+            at_load = _load_quantized(encoder_settings.quantization, device)  # CUDA int8/int4: bitsandbytes
             if _is_meta(device):  # shapes only: read config.json, no weights
                 model = _empty_model(config, dtype, attn_implementation)
             else:
@@ -921,7 +922,7 @@ class SparseEncoder(nn.Module):
                     config=config,
                     dtype=resolve_dtype(dtype),
                     attn_implementation=attn_implementation,
-                    **_load_quantized(encoder_settings.quantization, device),
+                    **at_load,
                 )
         except OSError as e:
             if Path(source).exists():
@@ -945,9 +946,9 @@ class SparseEncoder(nn.Module):
             encoder.query_weights = _query_table(os.fspath(name_or_path), source, static_dir, encoder)
         if lora:
             encoder.add_lora(**lora)
-        if device and not _is_meta(device) and not _load_quantized(encoder_settings.quantization, device):
+        if device and not _is_meta(device) and not at_load:
             encoder = encoder.to(device)  # (bitsandbytes placed its weights on the GPU itself)
-        if _load_quantized(encoder_settings.quantization, device):
+        if at_load:
             encoder.quantized = encoder_settings.quantization
         elif not _is_meta(device) and not lora:
             encoder.quantize(encoder_settings.quantization)
