@@ -1,7 +1,8 @@
 """Llama-3 1B and 8B at their real widths (vocabulary 128,256; hidden 2,048 tied / 4,096 untied), cut to one
 decoder layer, random weights, through the researchers' path on 2 gloo processes: FSDP2 + LoRA + bf16 +
-gradient checkpointing + the dense pooling layout, one phase-1 and one phase-2 micro-step, each exported;
-then the export reloaded from a hub-layout folder (sharded safetensors with an index, a tokenizer.json whose
+gradient checkpointing + the dense pooling layout, one phase-1 micro-step, exported, and (1B: the phase-2
+layout is width-independent, and the 8B's second spawn cost CI 70 s) one phase-2 micro-step from that export;
+then the last export reloaded from a hub-layout folder (sharded safetensors with an index, a tokenizer.json whose
 post-processor adds BOS), encoded and searched."""
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ def test_real_widths_train_export_reload_encode_and_search(preset, tied, tmp_pat
 
     common = {"steps": 1, "accumulation": 1, "micro_batch": 1, "export": True, "vocab_chunk": 32768}
     spawn(Run(str(tmp_path / "start"), str(tmp_path), "phase1", group_size=1, **common))
-    spawn(Run(str(tmp_path / "phase1-export"), str(tmp_path), "phase2", group_size=2, **common))
+    export = tmp_path / "phase1-export"
+    if tied:
+        spawn(Run(str(export), str(tmp_path), "phase2", group_size=2, **common))
+        export = tmp_path / "phase2-export"
 
-    encoder = SparseEncoder.from_pretrained(str(tmp_path / "phase2-export"))
+    encoder = SparseEncoder.from_pretrained(str(export))
     assert encoder.vocab_size == 128_256 and not encoder.has_lora
-    assert len(list((tmp_path / "phase2-export").glob("*.safetensors"))) >= 1
+    assert len(list(export.glob("*.safetensors"))) >= 1
     bos = encoder.tokenizer.convert_tokens_to_ids(BOS)
     assert encoder.tokenizer("hello").input_ids[0] == bos  # the tokenizer alone adds BOS ...
     docs = ["aspirin lowers the risk of heart attacks", "cells divide by mitosis", "rainbows need sunlight"]
