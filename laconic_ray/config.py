@@ -868,6 +868,9 @@ class StudyConfig:
     grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # "stage.key": values
     report: list[str] = dataclasses.field(default_factory=list)  # dotted paths into stage summaries
     pareto: list[str] = dataclasses.field(default_factory=list)  # [cost metric, quality metric]: a PNG
+    select: str = ""  # a metric (higher is better, e.g. a dev split's): the cell it picks is marked
+    # held-out metrics (e.g. test), left out of the main table and shown once, after the choice, in their own
+    final: list[str] = dataclasses.field(default_factory=list)
     stability_steps: int = 20  # early-training window (logged steps) for the stability numbers and figure
 
     def validate(self) -> None:
@@ -884,6 +887,11 @@ class StudyConfig:
             check(stages <= set(self.stages), "grid", f"{key}: names a stage not in stages")
             check(isinstance(values, list) and len(values) > 0, "grid", f"{key}: give a non-empty list")
         check(len(self.pareto) in (0, 2), "pareto", "give two metrics: [cost, quality]")
+        check(
+            not set(self.final) & {*self.report, self.select},
+            "final",
+            "a held-out metric is not also reported or selected on",
+        )
         check(self.stability_steps > 1, "stability_steps", "must be > 1")
 
 
@@ -898,6 +906,9 @@ class QuickstartConfig:
     output: str = "runs/quickstart"
     corpus_limit: int | None = None  # shortened runs: the first N documents plus every judged document
     query_limit: int | None = None  # shortened runs: the first N judged queries of each split
+    # hold out every Nth judged *train* query (by id) as a dev split: mining never sees it, the final model is
+    # also evaluated on it (metrics.dev), so a study can choose on dev and report test once (null: no dev)
+    dev_every: int | None = None
     weak_pairs: int | None = 20000  # phase-1 pairs sampled from the corpus
     num_shards: int = 2
     http: bool = True  # also query the index over HTTP (Ray Serve) for the latency figures
@@ -915,3 +926,8 @@ class QuickstartConfig:
         check(self.num_shards > 0, "num_shards", "must be > 0")
         check(self.serve_timeout_s > 0, "serve_timeout_s", "must be > 0")
         check(self.corpus_limit is None or self.corpus_limit > 0, "corpus_limit", "must be > 0 or null")
+        check(
+            self.dev_every is None or self.dev_every >= 2,
+            "dev_every",
+            "must be >= 2 (1 in N held out) or null",
+        )

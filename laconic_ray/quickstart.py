@@ -79,12 +79,8 @@ def slice_dataset(root: str, target: str, corpus_limit: int | None, query_limit:
         qrels = dataset.qrels(split)
         chosen = sorted(qrels)[:query_limit] if query_limit else sorted(qrels)
         keep_queries.update(chosen)
-        with open(os.path.join(target, "qrels", f"{split}.tsv"), "w") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            for q in chosen:
-                for d, rel in sorted(qrels[q].items()):
-                    f.write(f"{q}\t{d}\t{rel}\n")
-                    judged.add(d)
+        write_qrels(os.path.join(target, "qrels", f"{split}.tsv"), {q: qrels[q] for q in chosen})
+        judged.update(d for q in chosen for d in qrels[q])
     with open(os.path.join(target, "corpus.jsonl"), "w") as f:
         others = 0
         for doc in dataset.corpus():
@@ -95,6 +91,44 @@ def slice_dataset(root: str, target: str, corpus_limit: int | None, query_limit:
         for q in dataset.queries():
             if q.id in keep_queries:
                 f.write(json.dumps({"_id": q.id, "text": q.text}) + "\n")
+    return target
+
+
+def write_qrels(path: str, qrels: dict[str, dict[str, int]]) -> None:
+    with open(path, "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in sorted(qrels):
+            for d, rel in sorted(qrels[q].items()):
+                f.write(f"{q}\t{d}\t{rel}\n")
+
+
+def carve_dev(root: str, target: str, every: int) -> str:
+    """``root`` with every ``every``-th judged train query (sorted by id) moved from qrels/train.tsv into
+    qrels/dev.tsv; corpus and queries are links to ``root``'s files, other splits copied as they are."""
+    if os.path.exists(os.path.join(target, "qrels", "dev.tsv")):
+        return target
+    dataset = BeirDataset(root)
+    if "train" not in dataset.splits():
+        raise ValueError(
+            f"dev_every: {root} has no qrels/train.tsv to carve a dev split from (set dev_every=null)"
+        )
+    if "dev" in dataset.splits():
+        raise ValueError(
+            f"dev_every: {root} already has a dev split (qrels/dev.tsv): set dev_every=null to use it"
+        )
+    os.makedirs(os.path.join(target, "qrels"), exist_ok=True)
+    for uri in (dataset.corpus_uri(), dataset.queries_uri()):
+        link = os.path.join(target, os.path.basename(uri))
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(uri), link)
+    for split in dataset.splits():
+        qrels = dataset.qrels(split)
+        if split == "train":
+            ids = sorted(qrels)
+            dev = set(ids[every - 1 :: every])
+            write_qrels(os.path.join(target, "qrels", "dev.tsv"), {q: qrels[q] for q in dev})
+            qrels = {q: r for q, r in qrels.items() if q not in dev}
+        write_qrels(os.path.join(target, "qrels", f"{split}.tsv"), qrels)
     return target
 
 
@@ -123,12 +157,20 @@ def evaluate_model(model: str, dataset: BeirDataset, batch_size: int) -> dict[st
     return {**rounded, "mean_doc_nnz": round(vectors.nnz / len(docs), 1)}
 
 
-def _record(model: str, dataset: BeirDataset, metrics: dict[str, float]) -> None:
+def _record(model: str, dataset: BeirDataset, metrics: dict[str, float], split: str = "test") -> None:
     """The figures into the local checkpoint's laconic.json and model card."""
     from laconic_ray.model import card
 
     if not storage.is_remote(model) and os.path.isfile(os.path.join(model, "laconic.json")):
-        card.record_evaluation(model, os.path.basename(dataset.root.rstrip("/")), "test", metrics)
+        card.record_evaluation(model, os.path.basename(dataset.root.rstrip("/")), split, metrics)
+
+
+def served_metrics(searcher: Any, dataset: BeirDataset, split: str, queries: list, timeout_s: float) -> dict:
+    """``split``'s metrics from the served index's top 100 (every answer complete)."""
+    answers = complete_answers(searcher, [q.text for q in queries], 100, timeout_s)
+    run = {q.id: dict(zip(a.doc_ids, a.scores, strict=True)) for q, a in zip(queries, answers, strict=True)}
+    metrics, _ = evaluate(run, dataset.qrels(split))
+    return {m: round(v, 4) for m, v in metrics.items()}
 
 
 def complete_answers(
@@ -194,6 +236,9 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             root = slice_dataset(
                 root, os.path.join(out, "data", "collection"), config.corpus_limit, config.query_limit
             )
+        if config.dev_every:
+            name = os.path.basename(root.rstrip("/"))  # the collection keeps its name in reports and cards
+            root = carve_dev(root, os.path.join(out, "data", "dev-split", name), config.dev_every)
         dataset = BeirDataset(root)
     ensure_ray(config.ray)
 
@@ -264,19 +309,14 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         )
         searcher = searcher_from(serve_config, name=serve_config.name)
         try:
-            queries = list(dataset.queries("test"))
-            answers = complete_answers(searcher, [q.text for q in queries], 100, serve_config.timeout_s)
-            run = {
-                q.id: dict(zip(a.doc_ids, a.scores, strict=True))
-                for q, a in zip(queries, answers, strict=True)
-            }
-            metrics, _ = evaluate(run, dataset.qrels("test"))
-            results["phase2"] = {
-                **{m: round(v, 4) for m, v in metrics.items()},
-                "mean_doc_nnz": encoded.get("mean_nnz", 0.0),
-            }
-            _record(final_model, dataset, {m: round(v, 4) for m, v in metrics.items()})
-            vectors_q = searcher.vectorize([q.text for q in queries])
+            for split, name in [("dev", "phase2_dev")] * bool(config.dev_every) + [("test", "phase2")]:
+                queries = list(dataset.queries(split))
+                metrics = served_metrics(searcher, dataset, split, queries, serve_config.timeout_s)
+                label = f"dev (1 in {config.dev_every} train queries)" if split == "dev" else split
+                _record(final_model, dataset, metrics, label)
+                vectors_q = searcher.vectorize([q.text for q in queries])
+                results[name] = {**metrics, "mean_doc_nnz": encoded.get("mean_nnz", 0.0),
+                                 "mean_query_nnz": round(vectors_q.nnz / len(queries), 1)}  # fmt: skip
             sparse_queries = [
                 {"indices": vectors_q[i].indices.tolist(), "values": vectors_q[i].data.tolist()}
                 for i in range(vectors_q.shape[0])
@@ -290,7 +330,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     summary = {
         "dataset": dataset.name,
         "nDCG@10": results["phase2"]["nDCG@10"],
-        "ndcg10": {name: r["nDCG@10"] for name, r in results.items()},
+        "ndcg10": {name: r["nDCG@10"] for name, r in results.items() if "dev" not in name},
         "metrics": results,
         "latency_ms": latencies,
         "timings_s": timer.seconds,

@@ -147,17 +147,20 @@ def write_report(config: StudyConfig, results: list[dict], failed: list[dict]) -
 
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
-    columns = [*config.grid, *config.report, "early_loss_spikes", "early_loss_cv", "seconds"]
+    columns = [*config.grid, *([config.select] if config.select else []), *config.report,
+               "early_loss_spikes", "early_loss_cv", "seconds"]  # fmt: skip
     rows = [{c: (r["params"].get(c) if c in config.grid else metric(r, c)) for c in columns} for r in results]
     empty = {c for c in ("early_loss_spikes", "early_loss_cv") if all(row[c] is None for row in rows)}
     columns = [c for c in columns if c not in empty]  # no training in the cells: no stability columns
     rows = [{c: row[c] for c in columns} for row in rows]
     (root / "results.json").write_text(json.dumps({"study": config.name, "cells": results, "failed": failed},
                                                   indent=1, default=str))  # fmt: skip
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
+    buffer = io.StringIO()  # the data file keeps the held-out metrics too (the report shows them apart)
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, *config.final])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(
+        {**row, **{c: metric(r, c) for c in config.final}} for row, r in zip(rows, results, strict=True)
+    )
     (root / "results.csv").write_text(buffer.getvalue())
     figures = []
     curves = {r["cell"]: list(enumerate(r["loss_curve"], start=1)) for r in results if r.get("loss_curve")}
@@ -175,13 +178,38 @@ def write_report(config: StudyConfig, results: list[dict], failed: list[dict]) -
             figures.append(plot_pareto(points, str(root / "pareto.png"), x_key, y_key, config.name))
     lines = [f"# Study: {config.name}", "", config.description.strip(), "",
              f"`laconic study conf/studies/{config.name}.yaml`: {len(results)} cells done, {len(failed)} failed.", ""]  # fmt: skip
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    lines += _table(columns, rows)
+    chosen = select(config, results)
+    if chosen is not None:
+        lines += [
+            "",
+            f"Chosen on `{config.select}`: **{chosen['cell']}** ({_cell(metric(chosen, config.select))}).",
+        ]
+    if config.final:
+        # reported once, after the choice, and never used for it
+        lines += ["", "## Held out (reported once)", ""]
+        final_columns = ["cell", *config.final]
+        final_rows = [{"cell": r["cell"] + (" (chosen)" if r is chosen else ""),
+                       **{c: metric(r, c) for c in config.final}} for r in results]  # fmt: skip
+        lines += _table(final_columns, final_rows)
     for f in failed:
         lines.append(f"\nFailed: `{f['cell']}` in {f['stage']}: {f['error']}")
     lines += [""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
     (root / "report.md").write_text("\n".join(lines) + "\n")
     return {"report": str(root / "report.md"), "figures": figures}
+
+
+def select(config: StudyConfig, results: list[dict]) -> dict | None:
+    """The cell with the highest ``select`` metric (first in grid order on ties), None without one."""
+    scored = (
+        [r for r in results if isinstance(metric(r, config.select), int | float)] if config.select else []
+    )
+    return max(scored, key=lambda r: metric(r, config.select)) if scored else None
+
+
+def _table(columns: list[str], rows: list[dict]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]]  # fmt: skip
 
 
 def _cell(value: Any) -> str:

@@ -169,3 +169,21 @@ def test_missing_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no corpus\.jsonl"):
         list(BeirDataset(str(tmp_path / "empty")).corpus())
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_a_dev_split_carved_from_train_is_disjoint_from_what_mining_sees(data_root, tmp_path):
+    from laconic_ray.quickstart import carve_dev
+
+    source = BeirDataset(str(data_root / "scifact"))
+    carved = BeirDataset(carve_dev(source.root, str(tmp_path / "scifact"), 5))
+    train, dev = carved.qrels("train"), carved.qrels("dev")
+    original = source.qrels("train")
+    assert not set(train) & set(dev) and {**train, **dev} == original
+    assert len(dev) == len(original) // 5  # 1 in 5, every 5th by id: the same split on every machine
+    assert carved.qrels("test") == source.qrels("test") and carved.name == "scifact"
+    assert sum(1 for _ in carved.corpus()) == sum(1 for _ in source.corpus())  # linked, not copied
+    assert carve_dev(source.root, str(tmp_path / "scifact"), 5) == carved.root  # a rerun keeps the split
+    with pytest.raises(ValueError, match="already has a dev split"):
+        carve_dev(carved.root, str(tmp_path / "again"), 5)
+    with pytest.raises(ValueError, match="no qrels/train.tsv"):
+        carve_dev(str(data_root / "cacm"), str(tmp_path / "cacm"), 5)

@@ -141,6 +141,34 @@ def test_training_cells_get_early_stability_numbers_and_a_figure(tmp_path):
     assert (tmp_path / "study" / "early_loss.png").stat().st_size > 1000
 
 
+def test_the_choice_is_made_on_the_select_metric_and_held_out_metrics_are_shown_once_apart(tmp_path):
+    recorder = Recorder()
+    runners = recorder.runners()
+    plain_eval = runners["eval"]
+
+    def evaluate_dev_and_test(c):  # dev prefers float32 impacts; test (held out) would prefer uint8
+        out = plain_eval(c)
+        float32 = "float32" in c.index
+        return {**out, "dev": {"nDCG@10": 0.5 + 0.1 * float32}, "test": {"nDCG@10": 0.7 - 0.1 * float32}}
+
+    runners["eval"] = evaluate_dev_and_test
+    config = study(
+        tmp_path, select="eval.dev.nDCG@10", final="[eval.test.nDCG@10]", report="[eval.ms_per_query]"
+    )
+    run_study(config, runners)
+    report = (tmp_path / "study" / "report.md").read_text()
+    main, held_out = report.split("## Held out (reported once)")
+    assert "eval.test.nDCG@10" not in main and "| eval.dev.nDCG@10 |" in main
+    assert (
+        "Chosen on `eval.dev.nDCG@10`: **encode-quantization=none,index-quantization=float32** (0.6)" in main
+    )
+    assert "| encode-quantization=none,index-quantization=float32 (chosen) | 0.6 |" in held_out
+    rows = list(csv.DictReader((tmp_path / "study" / "results.csv").open()))
+    assert [r["eval.test.nDCG@10"] for r in rows] == ["0.7", "0.6", "0.7", "0.6"]
+    with pytest.raises(ConfigError, match="final: a held-out metric is not also reported or selected on"):
+        study(tmp_path, select="eval.test.nDCG@10", final="[eval.test.nDCG@10]")
+
+
 def test_a_study_config_is_checked_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"grid: train\.steps: names a stage not in stages"):
         study(tmp_path, **{"grid": "{'train.steps': [1, 2]}"})
