@@ -390,8 +390,17 @@ def download_beir(name: str, root: str, url: str = BEIR_URL) -> str:
     os.makedirs(root, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         archive = os.path.join(tmp, f"{name}.zip")
-        with urllib.request.urlopen(url.format(name=name), timeout=120) as response, open(archive, "wb") as f:
-            shutil.copyfileobj(response, f)
+        try:
+            with (
+                urllib.request.urlopen(url.format(name=name), timeout=120) as response,
+                open(archive, "wb") as f,
+            ):
+                shutil.copyfileobj(response, f)
+        except OSError as e:  # URLError, timeouts, resets: say what was tried and what to set instead
+            raise FileNotFoundError(
+                f"collection {name!r}: not under {root}, and downloading {url.format(name=name)} failed ({e}); "
+                f"set LACONIC_DATA (or data_root=) to the folder holding {name}/, or give its path"
+            ) from e
         with zipfile.ZipFile(archive) as z:
             z.extractall(tmp)
         os.replace(os.path.join(tmp, name), target)

@@ -101,6 +101,14 @@ def run_study(config: StudyConfig, runners: dict[str, Callable[[Any], dict]] | N
         except Exception as e:  # the cell is reported failed; the grid goes on
             log.error("study %s: cell %s failed in %s: %s", config.name, name, stage, e)
             failed.append({"cell": name, "stage": stage, "error": f"{type(e).__name__}: {e}"})
+            alike = {
+                (f["stage"], f["error"].replace(str(root / "cells" / f["cell"]), "{cell}")) for f in failed
+            }
+            if not results and len(failed) >= 2 and len(alike) == 1:  # not the cells: the setup
+                raise RuntimeError(
+                    f"study {config.name}: the first {len(failed)} cells failed alike in {stage} ({failed[-1]['error']}): "
+                    "that is the study's setup, not its cells; fix it and run the study again"
+                ) from e
             continue
         result = {"cell": name, "params": params, "stages": summaries,
                   "seconds": round(time.perf_counter() - started, 1), **stability(folder, config.stability_steps)}  # fmt: skip

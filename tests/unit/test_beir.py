@@ -185,5 +185,15 @@ def test_a_dev_split_carved_from_train_is_disjoint_from_what_mining_sees(data_ro
     assert carve_dev(source.root, str(tmp_path / "scifact"), 5) == carved.root  # a rerun keeps the split
     with pytest.raises(ValueError, match="already has a dev split"):
         carve_dev(carved.root, str(tmp_path / "again"), 5)
-    with pytest.raises(ValueError, match="no qrels/train.tsv"):
+    with pytest.raises(ValueError, match=r"no qrels/train\.tsv"):
         carve_dev(str(data_root / "cacm"), str(tmp_path / "cacm"), 5)
+
+
+def test_a_failed_download_says_what_to_set_instead(tmp_path):
+    from laconic_ray.data.beir import download_beir
+
+    with pytest.raises(
+        FileNotFoundError, match=r"downloading http://127\.0\.0\.1:9/nfcorpus\.zip failed.*set LACONIC_DATA"
+    ):
+        download_beir("nfcorpus", str(tmp_path), url="http://127.0.0.1:9/{name}.zip")
+    assert list(tmp_path.iterdir()) == []  # nothing that looks like a collection

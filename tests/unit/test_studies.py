@@ -113,6 +113,15 @@ def test_a_failed_cell_is_reported_and_the_others_still_run(tmp_path):
     assert run_study(config, fixed.runners())["done"] == 4 and len(fixed.calls) == 3
 
 
+def test_a_setup_error_stops_the_study_after_two_cells_fail_alike(tmp_path):
+    recorder = Recorder(fail_on="cells")  # every cell's index path: an error the cells share
+    with pytest.raises(
+        RuntimeError, match=r"the first 2 cells failed alike in eval .*shard went away.*setup"
+    ):
+        run_study(study(tmp_path), recorder.runners())
+    assert [c[0] for c in recorder.calls].count("eval") == 2
+
+
 def test_training_cells_get_early_stability_numbers_and_a_figure(tmp_path):
     config = study(tmp_path, stability_steps=5)
     recorder = Recorder()
