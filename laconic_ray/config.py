@@ -738,6 +738,25 @@ class ServeConfig:
         )
 
 
+FUSIONS = ("rrf", "interpolation")
+
+
+@dataclasses.dataclass
+class HybridConfig:
+    """retriever=hybrid: the learned run fused with BM25 (laconic_ray/eval/fusion.py documents both methods)."""
+
+    fusion: str = "rrf"  # rrf (rank-based, nothing to tune) | interpolation (min-max normalised scores)
+    rrf_k: int = 60  # rrf: 1 / (rrf_k + rank)
+    weight: float = 0.5  # interpolation: the learned run's share; BM25 gets 1 - weight
+    depth: int | None = None  # results taken from each run (null: all of the run's k)
+
+    def validate(self) -> None:
+        check(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}")
+        check(self.rrf_k > 0, "rrf_k", "must be > 0")
+        check(0.0 <= self.weight <= 1.0, "weight", "must be in [0, 1]")
+        check(self.depth is None or self.depth > 0, "depth", "must be > 0 or null")
+
+
 @dataclasses.dataclass
 class EvalConfig:
     """``laconic eval``: a query set through a retriever, a TREC run, metrics against qrels, a comparison."""
@@ -746,8 +765,9 @@ class EvalConfig:
     data_root: str | None = None
     split: str = "test"
     retriever: str = (
-        "laconic"  # laconic (index + model) | bm25 (pyserini, BEIR flat) | run (score a run file)
+        "laconic"  # laconic (index + model) | bm25 (pyserini) | hybrid (both, fused) | run (a run file)
     )
+    hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
     index: str = ""  # laconic: the index folder (searched in-process) ...
     service: str = ""  # ... or a running service's base URL (http://127.0.0.1:8000)
     model: str = ""  # laconic: checkpoint that encodes the queries
@@ -774,8 +794,12 @@ class EvalConfig:
         check(self.latency_queries >= 0, "latency_queries", "must be >= 0")
         check(bool(self.dataset), "dataset", "name the collection with the qrels (dataset=<name or path>)")
         check(self.bm25_layout in ("flat", "multifield"), "bm25_layout", "must be flat or multifield")
-        check(self.retriever in ("laconic", "bm25", "run"), "retriever", "must be laconic, bm25 or run")
-        if self.retriever == "laconic":
+        check(
+            self.retriever in ("laconic", "bm25", "hybrid", "run"),
+            "retriever",
+            "must be laconic, bm25, hybrid or run",
+        )
+        if self.retriever in ("laconic", "hybrid"):
             check(bool(self.index) or bool(self.service), "index", "give index=<uri> or service=<url>")
             check(bool(self.model) or bool(self.service), "model", "give the checkpoint that encodes queries")
         check(self.retriever != "run" or bool(self.run), "run", "retriever=run needs run=<trec file>")

@@ -3,11 +3,13 @@
 Retrievers: ``laconic`` (a partitioned index searched in-process, shard by shard with an exact merge, or a
 running HTTP service), ``bm25`` (pyserini's Lucene over the same collection, k1=0.9 b=0.4, Anserini's
 ``multifield`` layout by default, the one behind BEIR's published BM25 figures; ``flat`` on request), or
-``run`` (score an existing run file). The last line of ``laconic eval`` is the summary JSON.
+``hybrid`` (both, fused per query by RRF or normalised interpolation: eval/fusion.py; the summary also
+gives each component's metrics), or ``run`` (score an existing run file). The last line of ``laconic eval`` is the summary JSON.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -16,6 +18,7 @@ from typing import Any
 from laconic_ray import storage
 from laconic_ray.config import EvalConfig
 from laconic_ray.data.beir import BeirDataset, Query
+from laconic_ray.eval.fusion import fuse_runs
 from laconic_ray.eval.metrics import compare, evaluate
 from laconic_ray.eval.runs import Run, read_run, write_run
 from laconic_ray.progress import Progress
@@ -136,8 +139,9 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     queries = list(dataset.queries(config.split))
     started = time.perf_counter()
     latency: dict[str, float] = {}  # text_query_latency's figures (and its seconds, kept out of retrieval_s)
-    if config.retriever == "bm25":
-        run = bm25_run(
+    components: dict[str, Run] = {}  # hybrid: the two runs it fused
+    if config.retriever in ("bm25", "hybrid"):
+        components["bm25"] = bm25_run(
             dataset,
             queries,
             config.k,
@@ -147,10 +151,14 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
             cache=config.index_cache,
             layout=config.bm25_layout,
         )
-    elif config.retriever == "run":
+    if config.retriever in ("laconic", "hybrid"):
+        components["laconic"] = laconic_run(config, queries, options, latency)
+    if config.retriever == "run":
         run = read_run(config.run, options)
+    elif config.retriever == "hybrid":
+        run = fuse_runs(components["laconic"], components["bm25"], config.hybrid, config.k)
     else:
-        run = laconic_run(config, queries, options, latency)
+        run = components[config.retriever]
     retrieval_s = time.perf_counter() - started - latency.get("seconds", 0.0)
     aggregate, per_query = evaluate(run, qrels, config.measures)
     summary: dict[str, Any] = {
@@ -162,6 +170,12 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "retrieval_s": round(retrieval_s, 2),
         "ms_per_query": round(1000 * retrieval_s / max(len(queries), 1), 3),
     }
+    if config.retriever == "hybrid":
+        summary["fusion"] = dataclasses.asdict(config.hybrid)
+        summary["components"] = {
+            name: {m: round(v, 4) for m, v in evaluate(r, qrels, config.measures)[0].items()}
+            for name, r in components.items()
+        }
     if config.retriever == "laconic" and latency:
         summary["text_query_ms"] = {k: v for k, v in latency.items() if k != "seconds"}
     comparison = None

@@ -204,6 +204,7 @@ def test_a_classic_splade_model_goes_through_every_stage_unchanged(ray_session, 
     from laconic_ray.distributed.index import run_index
     from laconic_ray.distributed.service import run_search
     from laconic_ray.eval.evaluate import run_eval
+    from laconic_ray.eval.runs import read_run
     from tests.models import save_masked_lm
 
     model = save_masked_lm(tmp_path / "splade")
@@ -225,6 +226,14 @@ def test_a_classic_splade_model_goes_through_every_stage_unchanged(ray_session, 
         )
     )
     assert summary["queries"] == 300 and summary["metrics"]["nDCG@10"] >= 0
+    # hybrid: the same learned run fused with BM25 (RRF), each component's figures beside the fused ones
+    hybrid = run_eval(load_config(EvalConfig, "conf/eval.yaml", [
+        f"index={index}", f"model={model}", "dataset=scifact", "k=100", "retriever=hybrid", f"output={tmp_path}/hy",
+    ]))  # fmt: skip
+    assert hybrid["components"]["laconic"] == summary["metrics"] and hybrid["fusion"]["fusion"] == "rrf"
+    assert hybrid["components"]["bm25"]["nDCG@10"] == pytest.approx(0.665, abs=0.003)  # BEIR's BM25, k=100
+    assert hybrid["metrics"]["nDCG@10"] > summary["metrics"]["nDCG@10"]  # a random model gains from BM25
+    assert read_run(f"{tmp_path}/hy/run.trec")  # the fused run is the one scored
     query = "sodium channels in heart muscle"
     found = run_search(load_config(ServeConfig, "conf/serve.yaml", [
         f"index={index}", f"model={model}", "num_cpus_per_shard=0.5", f"query={query}", "k=5", "port=1",
