@@ -379,7 +379,9 @@ class MineConfig:
     force: bool = False  # allow mining a split named "test" (never train on test data)
     seed: int = 0
     # phase 1
+    # title_body | first_sentence | cropping | inverse_cloze (laconic_ray/data/weak_pairs.py)
     weak_sources: list[str] = dataclasses.field(default_factory=lambda: ["title_body", "first_sentence"])
+    pairs_per_document: int = 1  # cropping / inverse_cloze: draws per document and source
     pairs: list[str] = dataclasses.field(default_factory=list)  # extra JSONL files of {query, positive}
     include_split_pairs: bool = False  # phase 1: also the (query, positive) pairs of `split`'s qrels
     min_query_chars: int = 10
@@ -414,6 +416,11 @@ class MineConfig:
             "refusing to mine the test split (it would leak evaluation data into training); force=true overrides",
         )
         check(self.retriever in ("bm25", "model"), "retriever", "must be bm25 or model")
+        from laconic_ray.data.weak_pairs import SOURCES
+
+        unknown = sorted(set(self.weak_sources) - set(SOURCES))
+        check(not unknown, "weak_sources", f"{unknown}: not sources; choose from {list(SOURCES)}")
+        check(self.pairs_per_document > 0, "pairs_per_document", "must be > 0")
         check(
             self.retriever != "model" or bool(self.model), "model", "retriever=model needs model=<checkpoint>"
         )

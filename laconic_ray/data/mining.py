@@ -272,7 +272,8 @@ def _count_rank(histogram: dict[str, int], rank: int | None, depth: int) -> None
 
 def mine_weak_pairs(config: MineConfig, dataset: BeirDataset, writer: ExampleWriter) -> dict[str, Any]:
     options = config.storage.options()
-    streams = [corpus_pairs(dataset.corpus(), config.weak_sources)]
+    streams = [corpus_pairs(dataset.corpus(), config.weak_sources, seed=config.seed,
+                            pairs_per_document=config.pairs_per_document)]  # fmt: skip
     streams += [user_pairs(uri, options) for uri in config.pairs]
     if config.include_split_pairs:
         texts = {doc.id: doc.full_text() for doc in dataset.corpus()}

@@ -4,7 +4,14 @@ LACONIC's pre-finetuning adapts a causal LLM to bidirectional attention on milli
 (title -> body, question -> answer, ...), no labels needed. From a plain corpus we derive two kinds:
 
 * ``title_body``: a document's title as the query, its body as the positive;
-* ``first_sentence``: the body's first sentence as the query, the rest of the body as the positive.
+* ``first_sentence``: the body's first sentence as the query, the rest of the body as the positive;
+* ``cropping``: two independent random spans of the document (title and body), each 10-50% of its words:
+  Contriever's independent cropping (Izacard et al., 2022), for corpora with no titles or structure;
+* ``inverse_cloze``: a random sentence as the query and the rest of the document as the positive, the sentence
+  left in it one time in ten (Lee et al., 2019's inverse cloze task).
+
+The random sources draw from a generator seeded by (seed, document id): the same pairs on every run and
+machine, whatever the corpus order; ``pairs_per_document`` draws that many of each.
 
 User pairs come from JSON lines with ``query`` and ``positive`` (and optional ``query_id``/``positive_id``).
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -26,7 +34,10 @@ from laconic_ray.data.beir import Document, iter_jsonl
 from laconic_ray.data.examples import Example
 from laconic_ray.storage import StorageOptions
 
-SOURCES = ("title_body", "first_sentence")
+SOURCES = ("title_body", "first_sentence", "cropping", "inverse_cloze")
+CROP_RATIO = (0.1, 0.5)  # Contriever's span length, a share of the document's words
+ICT_KEEP = 0.1  # inverse cloze: how often the query sentence stays in its context (Lee et al.)
+_ANY_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")  # inverse cloze also splits lower-case text (Cranfield's)
 # a sentence ends at . ! or ? followed by whitespace and an upper-case letter, digit or quote
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _SPACES = re.compile(r"\s+")
@@ -56,7 +67,9 @@ def split_first_sentence(text: str) -> tuple[str, str]:
     return (parts[0].strip(), parts[1].strip()) if len(parts) == 2 else (text.strip(), "")
 
 
-def corpus_pairs(documents: Iterable[Document], sources: Sequence[str]) -> Iterator[Example]:
+def corpus_pairs(
+    documents: Iterable[Document], sources: Sequence[str], *, seed: int = 0, pairs_per_document: int = 1
+) -> Iterator[Example]:
     unknown = set(sources) - set(SOURCES)
     if unknown:
         raise ValueError(f"unknown weak-pair sources {sorted(unknown)}; choose from {SOURCES}")
@@ -68,6 +81,38 @@ def corpus_pairs(documents: Iterable[Document], sources: Sequence[str]) -> Itera
             first, rest = split_first_sentence(body)
             if first and rest:
                 yield Example(f"first:{doc.id}", first, doc.id, rest, source="weak:first_sentence")
+        if "cropping" in sources or "inverse_cloze" in sources:
+            rng = random.Random(f"{seed}\x00{doc.id}")
+            for n in range(pairs_per_document):
+                if "cropping" in sources and (pair := independent_crops(doc.full_text(), rng)):
+                    yield Example(f"crop{n}:{doc.id}", pair[0], doc.id, pair[1], source="weak:cropping")
+                if "inverse_cloze" in sources and (pair := inverse_cloze(body or doc.title, rng)):
+                    yield Example(f"ict{n}:{doc.id}", pair[0], doc.id, pair[1], source="weak:inverse_cloze")
+
+
+def independent_crops(text: str, rng: random.Random) -> tuple[str, str] | None:
+    """Two spans drawn independently, each ``CROP_RATIO`` of the words long (None under 4 words)."""
+    words = text.split()
+    if len(words) < 4:
+        return None
+
+    def crop() -> str:
+        length = max(1, round(rng.uniform(*CROP_RATIO) * len(words)))
+        start = rng.randrange(len(words) - length + 1)
+        return " ".join(words[start : start + length])
+
+    return crop(), crop()
+
+
+def inverse_cloze(text: str, rng: random.Random) -> tuple[str, str] | None:
+    """A random sentence, and the text without it (with it, ``ICT_KEEP`` of the time); None under 2 sentences."""
+    sentences = [s for s in _ANY_SENTENCE_END.split(text.strip()) if s.strip()]
+    if len(sentences) < 2:
+        return None
+    chosen = rng.randrange(len(sentences))
+    keep = rng.random() < ICT_KEEP
+    context = sentences if keep else sentences[:chosen] + sentences[chosen + 1 :]
+    return sentences[chosen], " ".join(context)
 
 
 def user_pairs(uri: str, options: StorageOptions | None = None) -> Iterator[Example]:

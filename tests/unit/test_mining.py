@@ -193,3 +193,36 @@ def test_weak_pairs_counts_and_determinism(name, tmp_path, data_root):
     assert [e.query_id for e in read_examples(str(tmp_path / "c"))] == [
         e.query_id for e in read_examples(str(tmp_path / "d"))
     ]
+
+
+def test_label_free_pairs_from_a_corpus_without_titles(tmp_path, data_root):
+    """Cropping and inverse cloze need nothing but text: Cranfield's bodies (lower case, ' . ' between
+    sentences) give pairs whose two sides come from the same document, the same ones on every run and in any
+    corpus order; an unknown source is refused by name."""
+    from laconic_ray.data.weak_pairs import corpus_pairs
+
+    args = ["dataset=cranfield", "phase=1", "weak_sources=[cropping,inverse_cloze]", "pairs_per_document=2"]
+    mined = mine(str(tmp_path / "a"), *args)
+    examples = list(read_examples(str(tmp_path / "a")))
+    by_source = mined["by_source"]
+    assert by_source["weak:cropping"] > 2000 and by_source["weak:inverse_cloze"] > 2000  # 1,400 docs x 2
+    texts = {d.id: d.full_text().split() for d in BeirDataset(str(data_root / "cranfield")).corpus()}
+    for e in examples:
+        words = texts[e.positive_id]
+        if e.source == "weak:cropping":  # both spans are runs of the document's own words
+            for side in (e.query, e.positive):
+                span = side.split()
+                assert any(words[i : i + len(span)] == span for i in range(len(words) - len(span) + 1))
+                assert len(span) <= 0.5 * len(words) + 1
+        else:  # the sentence came out of the context (all but ~1 in 10 times)
+            assert e.query.split()[0] in words
+    kept_in = sum(e.query in e.positive for e in examples if e.source == "weak:inverse_cloze")
+    assert 0.03 < kept_in / by_source["weak:inverse_cloze"] < 0.2
+    docs = list(BeirDataset(str(data_root / "cranfield")).corpus())[:50]
+    forward = {e.query_id: e for e in corpus_pairs(docs, ["cropping"], seed=1)}
+    backward = {e.query_id: e for e in corpus_pairs(docs[::-1], ["cropping"], seed=1)}
+    assert forward == backward and forward != {
+        e.query_id: e for e in corpus_pairs(docs, ["cropping"], seed=2)
+    }
+    with pytest.raises(ConfigError, match=r"weak_sources: \['ict'\]: not sources"):
+        mine(str(tmp_path / "b"), "dataset=cranfield", "phase=1", "weak_sources=[ict]")
