@@ -940,6 +940,10 @@ class QuickstartConfig:
     # hold out every Nth judged *train* query (by id) as a dev split: mining never sees it, the final model is
     # also evaluated on it (metrics.dev), so a study can choose on dev and report test once (null: no dev)
     dev_every: int | None = None
+    dev_from: str = "train"  # the split dev queries are taken from (test only where there is no other)
+    hybrid: HybridConfig = dataclasses.field(
+        default_factory=HybridConfig
+    )  # the report's hybrid row (baselines)
     weak_pairs: int | None = 20000  # phase-1 pairs sampled from the corpus
     num_shards: int = 2
     http: bool = True  # also query the index over HTTP (Ray Serve) for the latency figures

@@ -25,6 +25,7 @@ from typing import Any
 from laconic_ray import storage
 from laconic_ray.config import EncodeConfig, IndexConfig, QuickstartConfig, ServeConfig
 from laconic_ray.data.beir import BeirDataset, download_beir, resolve_dataset
+from laconic_ray.eval.fusion import fuse_runs
 from laconic_ray.eval.metrics import evaluate
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,17 @@ def write_qrels(path: str, qrels: dict[str, dict[str, int]]) -> None:
                 f.write(f"{q}\t{d}\t{rel}\n")
 
 
-def carve_dev(root: str, target: str, every: int) -> str:
-    """``root`` with every ``every``-th judged train query (sorted by id) moved from qrels/train.tsv into
-    qrels/dev.tsv; corpus and queries are links to ``root``'s files, other splits copied as they are."""
+def carve_dev(root: str, target: str, every: int, source: str = "train") -> str:
+    """``root`` with every ``every``-th judged ``source`` query (sorted by id) moved from qrels/<source>.tsv
+    into qrels/dev.tsv; corpus and queries are links to ``root``'s files, other splits copied as they are.
+    (From test only where a collection has nothing else, e.g. CACM: test is then the other 1 - 1/every.)"""
     if os.path.exists(os.path.join(target, "qrels", "dev.tsv")):
         return target
     dataset = BeirDataset(root)
-    if "train" not in dataset.splits():
+    if source not in dataset.splits():
         raise ValueError(
-            f"dev_every: {root} has no qrels/train.tsv to carve a dev split from (set dev_every=null)"
+            f"dev_every: {root} has no qrels/{source}.tsv to carve a dev split from (dev_from=<split>, or "
+            "dev_every=null)"
         )
     if "dev" in dataset.splits():
         raise ValueError(
@@ -123,7 +126,7 @@ def carve_dev(root: str, target: str, every: int) -> str:
             os.symlink(os.path.abspath(uri), link)
     for split in dataset.splits():
         qrels = dataset.qrels(split)
-        if split == "train":
+        if split == source:
             ids = sorted(qrels)
             dev = set(ids[every - 1 :: every])
             write_qrels(os.path.join(target, "qrels", "dev.tsv"), {q: qrels[q] for q in dev})
@@ -163,14 +166,6 @@ def _record(model: str, dataset: BeirDataset, metrics: dict[str, float], split: 
 
     if not storage.is_remote(model) and os.path.isfile(os.path.join(model, "laconic.json")):
         card.record_evaluation(model, os.path.basename(dataset.root.rstrip("/")), split, metrics)
-
-
-def served_metrics(searcher: Any, dataset: BeirDataset, split: str, queries: list, timeout_s: float) -> dict:
-    """``split``'s metrics from the served index's top 100 (every answer complete)."""
-    answers = complete_answers(searcher, [q.text for q in queries], 100, timeout_s)
-    run = {q.id: dict(zip(a.doc_ids, a.scores, strict=True)) for q, a in zip(queries, answers, strict=True)}
-    metrics, _ = evaluate(run, dataset.qrels(split))
-    return {m: round(v, 4) for m, v in metrics.items()}
 
 
 def complete_answers(
@@ -238,7 +233,8 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             )
         if config.dev_every:
             name = os.path.basename(root.rstrip("/"))  # the collection keeps its name in reports and cards
-            root = carve_dev(root, os.path.join(out, "data", "dev-split", name), config.dev_every)
+            target = os.path.join(out, "data", "dev-split", name)
+            root = carve_dev(root, target, config.dev_every, config.dev_from)
         dataset = BeirDataset(root)
     ensure_ray(config.ray)
 
@@ -250,10 +246,15 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                     config.mine, dataset=root, output=weak, phase=1, max_pairs=config.weak_pairs
                 )
             )
-    with timer("mine_hard_negatives"):
-        negatives = os.path.join(out, "data", "negatives")
-        if not storage.exists(os.path.join(negatives, storage.MANIFEST_NAME)):
-            run_mine(dataclasses.replace(config.mine, dataset=root, output=negatives, phase=2, split="train"))
+    negatives = os.path.join(out, "data", "negatives")
+    supervised = config.train.phase2.enabled  # false: the adapt preset, no labels before the evaluation
+    if supervised:
+        with timer("mine_hard_negatives"):
+            if not storage.exists(os.path.join(negatives, storage.MANIFEST_NAME)):
+                run_mine(
+                    dataclasses.replace(config.mine, dataset=root, output=negatives, phase=2, split="train")
+                )
+    final = "phase2" if supervised else "adapted"  # the final model's name in the results
 
     train = dataclasses.replace(
         config.train,
@@ -270,14 +271,16 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     with timer("train"):
         trained = run_train(train)
     final_model = trained["model"]
+    bm25: dict = {}  # the BM25 test run: a baseline, and the hybrid's lexical half
     if config.baselines:
-        with timer("eval_phase1"):
-            results["phase1"] = evaluate_model(
-                os.path.join(train.output, "phase1", "model"), dataset, config.encode_batch_size
-            )
+        if supervised:
+            with timer("eval_phase1"):
+                results["phase1"] = evaluate_model(
+                    os.path.join(train.output, "phase1", "model"), dataset, config.encode_batch_size
+                )
         with timer("eval_bm25"):
-            run = bm25_run(dataset, list(dataset.queries("test")), 100, k1=0.9, b=0.4, threads=2, cache=None)
-            results["bm25"] = {m: round(v, 4) for m, v in evaluate(run, dataset.qrels("test"))[0].items()}
+            bm25 = bm25_run(dataset, list(dataset.queries("test")), 100, k1=0.9, b=0.4, threads=2, cache=None)
+            results["bm25"] = {m: round(v, 4) for m, v in evaluate(bm25, dataset.qrels("test"))[0].items()}
 
     with timer("encode"):
         vectors = os.path.join(out, "vectors")
@@ -309,14 +312,26 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         )
         searcher = searcher_from(serve_config, name=serve_config.name)
         try:
-            for split, name in [("dev", "phase2_dev")] * bool(config.dev_every) + [("test", "phase2")]:
+            for split, name in [("dev", f"{final}_dev")] * bool(config.dev_every) + [("test", final)]:
                 queries = list(dataset.queries(split))
-                metrics = served_metrics(searcher, dataset, split, queries, serve_config.timeout_s)
-                label = f"dev (1 in {config.dev_every} train queries)" if split == "dev" else split
+                answers = complete_answers(searcher, [q.text for q in queries], 100, serve_config.timeout_s)
+                run = {
+                    q.id: dict(zip(a.doc_ids, a.scores, strict=True))
+                    for q, a in zip(queries, answers, strict=True)
+                }
+                metrics = {m: round(v, 4) for m, v in evaluate(run, dataset.qrels(split))[0].items()}
+                label = (
+                    f"dev (1 in {config.dev_every} {config.dev_from} queries)" if split == "dev" else split
+                )
                 _record(final_model, dataset, metrics, label)
                 vectors_q = searcher.vectorize([q.text for q in queries])
                 results[name] = {**metrics, "mean_doc_nnz": encoded.get("mean_nnz", 0.0),
                                  "mean_query_nnz": round(vectors_q.nnz / len(queries), 1)}  # fmt: skip
+            if bm25:  # the served test run fused with BM25's (eval/fusion.py)
+                fused = fuse_runs(run, bm25, config.hybrid, 100)
+                results["hybrid"] = {
+                    m: round(v, 4) for m, v in evaluate(fused, dataset.qrels("test"))[0].items()
+                }
             sparse_queries = [
                 {"indices": vectors_q[i].indices.tolist(), "values": vectors_q[i].data.tolist()}
                 for i in range(vectors_q.shape[0])
@@ -329,7 +344,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
 
     summary = {
         "dataset": dataset.name,
-        "nDCG@10": results["phase2"]["nDCG@10"],
+        "nDCG@10": results[final]["nDCG@10"],
         "ndcg10": {name: r["nDCG@10"] for name, r in results.items() if "dev" not in name},
         "metrics": results,
         "latency_ms": latencies,

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from laconic_ray import sparse, storage
+from laconic_ray.data.beir import BeirDataset
+from laconic_ray.data.examples import read_examples
 from laconic_ray.model import SparseEncoder
 
 SHORT = [
@@ -34,6 +36,7 @@ SHORT = [
     "train.phase2.queries_per_step=4",
     "train.phase1.passage_max_length=64",
     "train.phase2.passage_max_length=64",
+    "dev_every=4",
 ]
 
 
@@ -94,7 +97,13 @@ def test_shortened_quickstart_from_a_users_directory(user):
     assert len(ids) == corpus and summary["docs"] == corpus
     assert storage.read_manifest(str(out / "index"), kind="index").metadata["num_shards"] == 2
     # evaluation of every model, latency of both serving paths, the report
-    assert set(summary["ndcg10"]) == {"untrained", "phase1", "phase2", "bm25"}
+    assert set(summary["ndcg10"]) == {"untrained", "phase1", "phase2", "bm25", "hybrid"}
+    # 1 in 4 of the 40 train queries held out as dev (mining never saw them), evaluated with the final model
+    dev = BeirDataset(str(out / "data" / "dev-split" / "collection"))
+    assert len(dev.qrels("dev")) == 10 and len(dev.qrels("train")) == 30
+    mined = {e.query_id for e in read_examples(str(out / "data" / "negatives"))}
+    assert mined and not mined & set(dev.qrels("dev"))
+    assert summary["metrics"]["phase2_dev"]["mean_query_nnz"] > 0
     assert all(0 <= v <= 1 for v in summary["ndcg10"].values()) and summary["ndcg10"]["bm25"] > 0.3
     assert set(summary["latency_ms"]) == {"python_client", "http"}
     report = (out / "report.md").read_text()
@@ -102,6 +111,22 @@ def test_shortened_quickstart_from_a_users_directory(user):
     for figure in ("loss.png", "nnz.png", "ndcg10.png", "latency.png"):
         assert (out / "report" / figure).stat().st_size > 1000
     assert json.loads((out / "summary.json").read_text())["nDCG@10"] == summary["nDCG@10"]
+
+
+def test_the_label_free_adapt_preset_on_a_corpus_without_training_queries(user):
+    """conf/adapt.yaml on Cranfield (test qrels only): pairs from the corpus alone, phase 1 only, then untrained vs
+    adapted vs BM25 vs hybrid on test, with a dev split carved from test as the README says."""
+    home, env = user
+    summary = laconic(home, env, "quickstart", "conf/adapt.yaml", "dataset=cranfield", "output=runs/adapt",
+                      "corpus_limit=200", "query_limit=30", "weak_pairs=256", "train.phase1.steps=3",
+                      "train.phase1.micro_batch_queries=8", "train.phase1.queries_per_step=8", "http=false",
+                      "dev_every=3", "dev_from=test")  # fmt: skip
+    out = home / "runs" / "adapt"
+    assert set(summary["ndcg10"]) == {"untrained", "adapted", "bm25", "hybrid"}
+    assert "mine_hard_negatives" not in summary["timings_s"] and not (out / "train" / "phase2").exists()
+    sources = {e.source for e in read_examples(str(out / "data" / "weak"))}
+    assert sources == {"weak:title_body", "weak:cropping", "weak:inverse_cloze"}
+    assert summary["metrics"]["adapted_dev"]["nDCG@10"] >= 0 and summary["metrics"]["hybrid"]["nDCG@10"] > 0
 
 
 def test_the_readmes_serve_command_is_healthy_on_two_cpus(user):
