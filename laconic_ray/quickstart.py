@@ -290,6 +290,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                 corpus=dataset.corpus_uri(),
                 output=vectors,
                 batch_size=config.encode_batch_size,
+                top_k=train.model.top_k,  # the model's own cap (laconic.json), as the baselines use it
                 num_actors=1,
                 num_cpus_per_actor=2,
                 shard_bytes=2 * 1024 * 1024,
