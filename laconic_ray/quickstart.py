@@ -5,8 +5,11 @@
     -> 2-shard index on CPU actors -> served (Python client and HTTP) -> evaluated on the test split
     -> report (markdown + PNG) and one JSON line with nDCG@10 and the stage timings
 
-Baselines for the report (untrained model, phase 1, BM25) are evaluated in-process; the final model goes
-through the full distributed path. A local Ray cluster is started in-process and everything is written under
+With ``train.phase2.enabled=false`` (conf/adapt.yaml) it is label-free: phase 1 on the corpus's own pairs,
+no hard negatives, the final model named ``adapted``. ``dev_every`` carves a dev split (evaluated beside test).
+
+Baselines for the report (untrained model, phase 1, BM25, and the final run fused with BM25: ``hybrid``) are
+evaluated in-process; the final model goes through the full distributed path. A local Ray cluster is started in-process and everything is written under
 ``output`` (runs/quickstart by default). Each stage skips work its output already holds, so a rerun after an
 interruption picks up where it stopped.
 """
