@@ -144,3 +144,34 @@ def test_a_regression_matrix_finds_its_stage_configs_from_any_directory(tmp_path
     monkeypatch.chdir(tmp_path)  # not the checkout: `laconic regress` used to work only from its root
     config = load_config(RegressConfig, matrix)
     assert all(os.path.isfile(c.config) for c in config.conditions)
+
+
+def test_every_shipped_stage_config_fits_its_stage_schema():
+    """Each conf/*.yaml that names its command on line 1 (`# laconic <stage> conf/<file> ...`) merges into that
+    stage's schema: no unknown key, no wrong type (required inputs come from the command line, so validation
+    is left to the stage)."""
+    import importlib
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from laconic_ray.cli import STAGES
+    from laconic_ray.config import _load_yaml
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    checked = []
+    for path in sorted(conf.rglob("*.yaml")):
+        words = path.read_text().splitlines()[0].split()
+        if words[:2] != ["#", "laconic"] or words[2] not in STAGES:
+            continue
+        module, _, name = STAGES[words[2]].schema.partition(":")
+        schema = getattr(importlib.import_module(module), name)
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), _load_yaml(str(path))))
+        checked.append(str(path.relative_to(conf)))
+    assert {
+        "adapt.yaml",
+        "quickstart.yaml",
+        "mine.yaml",
+        "eval.yaml",
+        "studies/csplade-ablation.yaml",
+    } <= set(checked)
