@@ -938,7 +938,7 @@ class QuickstartConfig:
     corpus_limit: int | None = None  # shortened runs: the first N documents plus every judged document
     query_limit: int | None = None  # shortened runs: the first N judged queries of each split
     # hold out every Nth judged *train* query (by id) as a dev split: mining never sees it, the final model is
-    # also evaluated on it (metrics.dev), so a study can choose on dev and report test once (null: no dev)
+    # also evaluated on it (metrics.<final>_dev), so a study can choose on dev and report test once (null: no dev)
     dev_every: int | None = None
     dev_from: str = "train"  # the split dev queries are taken from (test only where there is no other)
     hybrid: HybridConfig = dataclasses.field(
