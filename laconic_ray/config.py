@@ -383,7 +383,9 @@ class MineConfig:
     weak_sources: list[str] = dataclasses.field(default_factory=lambda: ["title_body", "first_sentence"])
     pairs_per_document: int = 1  # cropping / inverse_cloze: draws per document and source
     pairs: list[str] = dataclasses.field(default_factory=list)  # extra JSONL files of {query, positive}
-    include_split_pairs: bool = False  # phase 1: also the (query, positive) pairs of `split`'s qrels
+    # where pairs come from. phase 1: corpus (the documents alone: no labels read) | qrels (`split`'s judged
+    # (query, positive) pairs) | corpus+qrels. phase 2: qrels (`split`'s queries). "": corpus (1), qrels (2)
+    source: str = ""
     min_query_chars: int = 10
     max_query_chars: int = 500
     min_positive_chars: int = 50
@@ -410,8 +412,19 @@ class MineConfig:
         check(bool(self.dataset), "dataset", "name the BEIR collection to mine (dataset=<name or path>)")
         check(bool(self.output), "output", "give the output folder (output=<uri>)")
         check(self.phase in (1, 2), "phase", "must be 1 (weak pairs) or 2 (hard negatives)")
+        sources = ("corpus", "qrels", "corpus+qrels") if self.phase == 1 else ("qrels",)
         check(
-            self.split.lower() != "test" or self.force,
+            self.source in ("", *sources),
+            "source",
+            f"phase {self.phase} mines from {' | '.join(sources)}"
+            + (
+                " (hard negatives need judged queries; use phase=1 for a corpus alone)"
+                if self.phase == 2
+                else ""
+            ),
+        )
+        check(
+            not self.reads_qrels or self.split.lower() != "test" or self.force,
             "split",
             "refusing to mine the test split (it would leak evaluation data into training); force=true overrides",
         )
@@ -434,6 +447,15 @@ class MineConfig:
         check(0 <= self.false_negative_margin <= 1, "false_negative_margin", "must be in [0, 1]")
         check(self.fill in ("none", "random"), "fill", "must be none or random")
         check(self.max_pairs is None or self.max_pairs > 0, "max_pairs", "must be > 0 or null")
+
+    @property
+    def sources(self) -> set[str]:
+        """Where this run mines: {"corpus"}, {"qrels"} or both."""
+        return set((self.source or ("corpus" if self.phase == 1 else "qrels")).split("+"))
+
+    @property
+    def reads_qrels(self) -> bool:
+        return "qrels" in self.sources
 
 
 @dataclasses.dataclass

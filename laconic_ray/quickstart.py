@@ -255,7 +255,9 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         with timer("mine_hard_negatives"):
             if not storage.exists(os.path.join(negatives, storage.MANIFEST_NAME)):
                 run_mine(
-                    dataclasses.replace(config.mine, dataset=root, output=negatives, phase=2, split="train")
+                    dataclasses.replace(
+                        config.mine, dataset=root, output=negatives, phase=2, split="train", source="qrels"
+                    )
                 )
     final = "phase2" if supervised else "adapted"  # the final model's name in the results
 

@@ -272,10 +272,12 @@ def _count_rank(histogram: dict[str, int], rank: int | None, depth: int) -> None
 
 def mine_weak_pairs(config: MineConfig, dataset: BeirDataset, writer: ExampleWriter) -> dict[str, Any]:
     options = config.storage.options()
-    streams = [corpus_pairs(dataset.corpus(), config.weak_sources, seed=config.seed,
-                            pairs_per_document=config.pairs_per_document)]  # fmt: skip
+    streams = []
+    if "corpus" in config.sources:
+        streams.append(corpus_pairs(dataset.corpus(), config.weak_sources, seed=config.seed,
+                                    pairs_per_document=config.pairs_per_document))  # fmt: skip
     streams += [user_pairs(uri, options) for uri in config.pairs]
-    if config.include_split_pairs:
+    if config.reads_qrels:
         texts = {doc.id: doc.full_text() for doc in dataset.corpus()}
         qrels = dataset.qrels(config.split)
         streams.append(
@@ -304,7 +306,13 @@ def run_mine(config: MineConfig) -> dict[str, Any]:
     writer = ExampleWriter(
         config.output,
         num_negatives=0 if config.phase == 1 else config.num_negatives,
-        metadata={"phase": config.phase, "dataset": dataset.root, "split": config.split, "seed": config.seed},
+        metadata={
+            "phase": config.phase,
+            "dataset": dataset.root,
+            "source": "+".join(sorted(config.sources)),
+            "split": config.split if config.reads_qrels else None,
+            "seed": config.seed,
+        },
         options=options,
     )
     if config.phase == 1:

@@ -226,3 +226,31 @@ def test_label_free_pairs_from_a_corpus_without_titles(tmp_path, data_root):
     }
     with pytest.raises(ConfigError, match=r"weak_sources: \['ict'\]: not sources"):
         mine(str(tmp_path / "b"), "dataset=cranfield", "phase=1", "weak_sources=[ict]")
+
+
+def test_source_corpus_reads_no_labels(tmp_path, data_root):
+    """`source=corpus` mines a bare corpus (no queries, no qrels: a user's own collection), even under
+    split=test, since no judged pair is read; `corpus+qrels` adds the split's judged pairs; hard negatives
+    (phase 2) need judged queries and say so."""
+    bare = tmp_path / "mine-own"
+    bare.mkdir()
+    with open(data_root / "cranfield" / "corpus.jsonl") as src:
+        (bare / "corpus.jsonl").write_text("".join(next(src) for _ in range(200)))
+    args = ["phase=1", "source=corpus", "split=test", "weak_sources=[cropping,inverse_cloze]"]
+    mined = mine(str(tmp_path / "own"), f"dataset={bare}", *args)
+    assert 300 < mined["examples"] <= 400 and set(mined["by_source"]) == {
+        "weak:cropping",
+        "weak:inverse_cloze",
+    }
+    meta = read_manifest(str(tmp_path / "own")).metadata
+    assert meta["source"] == "corpus" and meta["split"] is None
+    with pytest.raises(FileNotFoundError, match="qrels"):
+        mine(str(tmp_path / "x"), f"dataset={bare}", "phase=1", "source=corpus+qrels")
+    both = mine(str(tmp_path / "both"), "dataset=scifact", "phase=1", "source=corpus+qrels")
+    only = mine(str(tmp_path / "qrels"), "dataset=scifact", "phase=1", "source=qrels")
+    assert only["by_source"] == {"qrels:scifact/train": only["examples"]} and only["examples"] > 800
+    assert both["by_source"]["qrels:scifact/train"] == only["examples"]
+    with pytest.raises(ConfigError, match=r"source: phase 2 mines from qrels \(hard negatives need judged"):
+        mine(str(tmp_path / "y"), "dataset=scifact", "phase=2", "source=corpus")
+    with pytest.raises(ConfigError, match="split: refusing to mine the test split"):
+        mine(str(tmp_path / "z"), "dataset=scifact", "phase=1", "source=corpus+qrels", "split=test")
