@@ -265,8 +265,17 @@ class ModelConfig:
         0.0  # subtracted before ReLU; >0 only for randomly initialised models (see encoder.py)
     )
     seed: int = 0  # random init only
+    # A fixed per-id scale on every output weight (laconic_ray/model/term_weights.py), not trained: "" none |
+    # idf:<collection> (sqrt of BM25's idf over that corpus, computed once by the driver; a name under
+    # $LACONIC_DATA, a path or s3://) | a term_weights.json (or a folder holding one). Saved with the model
+    term_weights: str = ""
 
     def validate(self) -> None:
+        check(
+            self.term_weights.strip() != "idf:",
+            "term_weights",
+            "idf:<collection> needs the collection (idf:scifact, idf:/data/mine, idf:s3://bucket/mine)",
+        )
         check(
             bool(self.name_or_path) or bool(self.architecture),
             "name_or_path",
@@ -967,6 +976,9 @@ class QuickstartConfig:
         default_factory=HybridConfig
     )  # the report's hybrid row (baselines)
     weak_pairs: int | None = 20000  # phase-1 pairs sampled from the corpus
+    # sqrt(idf) term weights from the collection's own corpus on the model from its start (no labels read):
+    # train.model.term_weights=idf:<the collection>, computed once into <output>/train/term_weights.json
+    term_weights: bool = False
     num_shards: int = 2
     http: bool = True  # also query the index over HTTP (Ray Serve) for the latency figures
     port: int = 8000

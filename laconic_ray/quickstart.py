@@ -221,7 +221,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     from laconic_ray.distributed.service import searcher_from
     from laconic_ray.distributed.train import run_train
     from laconic_ray.eval.evaluate import bm25_run
-    from laconic_ray.model.build import build_encoder
+    from laconic_ray.model.build import build_encoder, resolve_term_weights
 
     out = os.path.abspath(config.output)
     os.makedirs(out, exist_ok=True)
@@ -267,6 +267,9 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         phase1=dataclasses.replace(config.train.phase1, data=weak),
         phase2=dataclasses.replace(config.train.phase2, data=negatives),
     )
+    if config.term_weights:  # before the untrained model is built: the prior is where training starts
+        model = dataclasses.replace(train.model, term_weights=f"idf:{root}")
+        train = dataclasses.replace(train, model=resolve_term_weights(model, train.output))
     if config.baselines:
         with timer("eval_untrained"):
             untrained = os.path.join(out, "models", "untrained")

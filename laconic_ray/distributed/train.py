@@ -33,7 +33,7 @@ from laconic_ray import storage
 from laconic_ray.config import PhaseConfig, TrainConfig, to_dict
 from laconic_ray.data.examples import example_files
 from laconic_ray.distributed.cluster import ensure_ray, worker_env
-from laconic_ray.model.build import build_encoder, encoder_settings
+from laconic_ray.model.build import build_encoder, encoder_settings, resolve_term_weights
 from laconic_ray.model.encoder import LACONIC_FILE, SparseEncoder, dense_to_csr
 from laconic_ray.model.losses import FlopsSchedule
 from laconic_ray.training.batches import ExampleBatcher, TextBatcher, TrainBatch
@@ -243,6 +243,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 model_config, **{k: v for k, v in settings.items() if hasattr(model_config, k)}
             ),
             device=device,
+            options=options,
         )
 
     lora_kwargs = (
@@ -509,6 +510,10 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
     for index in config.phases():  # and every contrastive phase's examples are finished
         if index > 0:
             example_files(getattr(config, f"phase{index}").data, config.storage.options())
+    # idf:<collection> term weights: computed here once (a file every worker reads), before the cluster
+    config = dataclasses.replace(
+        config, model=resolve_term_weights(config.model, config.output, config.storage.options())
+    )
     ensure_ray(config.ray)
     phases = [run_phase(config, index) for index in config.phases()]
     return {

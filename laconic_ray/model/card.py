@@ -50,7 +50,7 @@ def render(laconic: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for key in ("mode", "query_prefix", "passage_prefix", "special_tokens", "query_max_length",
-                "passage_max_length", "top_k", "pooling", "activation", "logit_bias"):  # fmt: skip
+                "passage_max_length", "top_k", "pooling", "activation", "logit_bias", "term_weights"):  # fmt: skip
         if key in laconic:
             lines.append(f"| {key} | `{json.dumps(laconic[key])}` |")
     training = laconic.get("training") or []

@@ -87,6 +87,9 @@ class EncoderSettings:
     # huge dot products saturate InfoNCE and collapse training); a small offset keeps only the ids that stand out,
     # which are the text's own tokens (the lexical prior of tied embeddings).
     logit_bias: float = 0.0
+    # Every weight times a fixed per-id scale (term_weights.json beside the model, model/term_weights.py):
+    # sqrt(idf) of a corpus, so that a query-document product carries the idf once. Not trained.
+    term_weights: bool = False
 
     def __post_init__(self) -> None:
         get_mode(self.mode)
@@ -375,6 +378,11 @@ class SparseEncoder(nn.Module):
         self.base_model: str | None = None
         self.training_history: list[dict[str, Any]] = []
         self.query_weights: torch.Tensor | None = None  # [vocab] float32 when settings.query_encoder == "idf"
+        # [vocab] float32 when settings.term_weights: not a buffer (state dicts and FSDP stay the LM's own);
+        # copied to the pooled logits' device on first use
+        self.term_scale: torch.Tensor | None = None
+        self._term_scale_on: torch.Tensor | None = None
+        self.term_weights_meta: dict[str, Any] = {}  # how the scale was made (corpus, documents, formula)
         self.quantized = "none"  # what quantize() applied (settings.quantization is what was asked for)
         self._head_chunks: list[tuple[int, nn.Module]] | None = None  # an int8 LM head, chunk by chunk
         self.masked = is_masked_lm(self.lm)
@@ -520,8 +528,32 @@ class SparseEncoder(nn.Module):
             head.weight = lookup.weight
 
     def activate(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Pooled logits [batch, vocab] -> weights, under this encoder's logit bias and activation."""
-        return activate(pooled, self.settings.logit_bias, self.settings.activation)
+        """Pooled logits [batch, vocab] -> weights, under this encoder's logit bias, activation and term
+        weights."""
+        weights = activate(pooled, self.settings.logit_bias, self.settings.activation)
+        if self.term_scale is None:
+            return weights
+        scale = self._term_scale_on
+        if scale is None or scale.device != weights.device or scale.dtype != weights.dtype:
+            scale = self._term_scale_on = self.term_scale.to(weights.device, weights.dtype)
+        return weights * scale[: weights.shape[-1]]
+
+    def load_term_weights(self, uri: str, options: storage.StorageOptions | None = None) -> SparseEncoder:
+        """The scale in ``uri`` (a term_weights.json or the folder holding one) on every weight."""
+        from laconic_ray.model import term_weights
+
+        table, meta = term_weights.read(uri, self.vocab_size, options)
+        self.term_weights_meta = meta
+        return self.set_term_weights(table)
+
+    def set_term_weights(self, scale: torch.Tensor | None) -> SparseEncoder:
+        """Apply (or with None, remove) a fixed per-id scale on every weight; recorded in the settings."""
+        if scale is not None and scale.shape != (self.vocab_size,):
+            raise ValueError(f"term weights: {tuple(scale.shape)} entries, the vocabulary {self.vocab_size}")
+        self.term_scale = None if scale is None else scale.detach().float().cpu()
+        self._term_scale_on = None
+        self.settings = dataclasses.replace(self.settings, term_weights=scale is not None)
+        return self
 
     # ------------------------------------------------------------------------------------------- encoding
 
@@ -824,11 +856,16 @@ class SparseEncoder(nn.Module):
         }
         from laconic_ray.model import card
 
+        if self.term_scale is not None:
+            from laconic_ray.model import term_weights
+
+            term_weights.write(uri, self.term_scale.numpy(), self.term_weights_meta)
         if self.query_weights is not None:  # the static query table, as document-only models ship it
             tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
             table = {t: float(w) for t, w in zip(tokens, self.query_weights.tolist(), strict=False) if w > 0}
             storage.write_bytes(os.path.join(uri, IDF_FILE), json.dumps(table).encode())
-        elif self.masked:  # loadable by sentence-transformers too
+        elif self.masked and self.term_scale is None:  # loadable by sentence-transformers too (which has no
+            # per-id output scale: a model with term weights is ours only)
             from laconic_ray.model import st_format
 
             st_format.write_files(uri, self.settings, self.vocab_size)
@@ -944,6 +981,8 @@ class SparseEncoder(nn.Module):
         encoder.base_model, encoder.training_history = _provenance(os.fspath(name_or_path), source)
         if encoder.settings.query_encoder == "idf":
             encoder.query_weights = _query_table(os.fspath(name_or_path), source, static_dir, encoder)
+        if encoder.settings.term_weights:
+            encoder.load_term_weights(source)
         if lora:
             encoder.add_lora(**lora)
         if device and not _is_meta(device) and not at_load:
@@ -985,6 +1024,7 @@ class SparseEncoder(nn.Module):
         quantization = (
             fields.pop("quantization", None) or "none"
         )  # after the merge: adapters need real weights
+        with_term_weights = fields.pop("term_weights", False)  # the adapter folder's file, not the base's
         has_tokenizer = (Path(source) / "tokenizer_config.json").is_file()
         encoder = cls.from_pretrained(
             base,
@@ -995,6 +1035,8 @@ class SparseEncoder(nn.Module):
         )
         encoder.model = PeftModel.from_pretrained(encoder.model, source).merge_and_unload()
         encoder.model_id = _saved_model_id(source)
+        if with_term_weights:
+            encoder.load_term_weights(source)
         return encoder.quantize(quantization)
 
     @classmethod
