@@ -710,6 +710,22 @@ class IndexConfig:
 
 
 @dataclasses.dataclass
+class HybridConfig:
+    """retriever=hybrid: the learned run fused with BM25 (laconic_ray/eval/fusion.py documents both methods)."""
+
+    fusion: str = "rrf"  # rrf (rank-based, nothing to tune) | interpolation (min-max normalised scores)
+    rrf_k: int = 60  # rrf: 1 / (rrf_k + rank)
+    weight: float = 0.5  # interpolation: the learned run's share; BM25 gets 1 - weight
+    depth: int | None = None  # results taken from each run (null: all of the run's k)
+
+    def validate(self) -> None:
+        check(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}")
+        check(self.rrf_k > 0, "rrf_k", "must be > 0")
+        check(0.0 <= self.weight <= 1.0, "weight", "must be in [0, 1]")
+        check(self.depth is None or self.depth > 0, "depth", "must be > 0 or null")
+
+
+@dataclasses.dataclass
 class ServeConfig:
     """``laconic serve`` / ``laconic search``: shard actors, a scatter-gather router, an HTTP front end."""
 
@@ -748,6 +764,16 @@ class ServeConfig:
     batch_wait_ms: float = 1.0
     max_query_terms: int = 4096  # HTTP: terms per query vector
     max_body_bytes: int = 8 << 20  # HTTP: request body size
+    # learned | hybrid: text queries also through BM25 (a CPU actor, pyserini), the two rankings fused by
+    # `hybrid` (fusion rrf | interpolation; depth null: 100, or k if larger); vector queries stay learned-only
+    retriever: str = "learned"
+    bm25: str = ""  # hybrid: the BEIR collection whose corpus BM25 indexes (once per node, cached) or a
+    # built Lucene index folder
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    bm25_layout: str = "multifield"  # multifield (title, text: BEIR's published BM25) | flat
+    bm25_cpus: float = 1.0  # CPUs the BM25 actor reserves (fitted to a small local cluster like the shards')
+    hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
     # `laconic search`
     query: str = ""
     k: int = 10
@@ -768,6 +794,12 @@ class ServeConfig:
         )
         check(0 < self.k <= self.max_k, "k", f"must be in [1, max_k={self.max_k}]")
         check(self.startup_timeout_s > 0, "startup_timeout_s", "must be > 0")
+        check(self.retriever in ("learned", "hybrid"), "retriever", "must be learned or hybrid")
+        if self.retriever == "hybrid":
+            check(bool(self.bm25), "bm25", "retriever=hybrid needs bm25=<collection or Lucene index folder>")
+            check(bool(self.model), "model", "retriever=hybrid needs model=<checkpoint> (text queries)")
+            check(self.bm25_layout in ("flat", "multifield"), "bm25_layout", "must be flat or multifield")
+            check(self.bm25_cpus > 0, "bm25_cpus", "must be > 0")
         check(self.max_batch_queries > 0 and self.batch_wait_ms >= 0, "max_batch_queries", "must be > 0")
         check(
             self.max_query_terms > 0 and self.max_body_bytes >= 1024,
@@ -777,22 +809,6 @@ class ServeConfig:
 
 
 FUSIONS = ("rrf", "interpolation")
-
-
-@dataclasses.dataclass
-class HybridConfig:
-    """retriever=hybrid: the learned run fused with BM25 (laconic_ray/eval/fusion.py documents both methods)."""
-
-    fusion: str = "rrf"  # rrf (rank-based, nothing to tune) | interpolation (min-max normalised scores)
-    rrf_k: int = 60  # rrf: 1 / (rrf_k + rank)
-    weight: float = 0.5  # interpolation: the learned run's share; BM25 gets 1 - weight
-    depth: int | None = None  # results taken from each run (null: all of the run's k)
-
-    def validate(self) -> None:
-        check(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}")
-        check(self.rrf_k > 0, "rrf_k", "must be > 0")
-        check(0.0 <= self.weight <= 1.0, "weight", "must be in [0, 1]")
-        check(self.depth is None or self.depth > 0, "depth", "must be > 0 or null")
 
 
 @dataclasses.dataclass

@@ -78,8 +78,11 @@ class Hit(BaseModel):
 
 class SearchResponse(BaseModel):
     hits: list[Hit]
-    partial: bool = Field(description="true when some shard did not answer; see missing_shards")
+    partial: bool = Field(description="true when some shard did not answer; see missing_shards and missing")
     missing_shards: list[int]
+    missing: list[str] = Field(
+        default_factory=list, description='other parts that did not answer: "bm25" (retriever=hybrid)'
+    )
     took_ms: float
 
 
@@ -161,7 +164,10 @@ class SearchService:
         from laconic_ray.distributed import http as this_module
 
         this_module.LIMITS["max_body_bytes"] = limits["max_body_bytes"]
-        self.searcher = ShardedSearcher.attach(
+        kind = ShardedSearcher
+        if "bm25" in searcher_args:  # retriever=hybrid
+            from laconic_ray.distributed.lexical import HybridSearcher as kind
+        self.searcher = kind.attach(
             index, name, replicas=replicas, model=model, options=StorageOptions(**options), **searcher_args
         )
         self.limits = limits
@@ -229,7 +235,7 @@ class SearchService:
     def health(self) -> dict[str, Any]:
         status = self.searcher.health()
         if not status["ok"]:
-            raise HTTPException(503, f"shard replicas not answering: {', '.join(status['down'])}")
+            raise HTTPException(503, f"not answering: {', '.join(status['down'])}")
         return {**status, "index": self.searcher.index, "manifest_sha256": self.searcher.manifest_sha256}
 
     @app.get("/stats")
@@ -315,6 +321,10 @@ def deploy(config, options: StorageOptions) -> str:
         "quantization": config.quantization,
         "startup_timeout_s": config.startup_timeout_s,
     }
+    if config.retriever == "hybrid":
+        from laconic_ray.distributed.service import searcher_kind
+
+        searcher_args.update(searcher_kind(config)[1])
     service = SearchService.options(
         num_replicas=config.http_replicas,
         ray_actor_options={"num_cpus": config.http_cpus},

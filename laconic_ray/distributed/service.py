@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearcher:
-    """Shard actors and a client as configured."""
-    return ShardedSearcher(
+    """Shard actors (and for retriever=hybrid, the BM25 actor) and a client as configured."""
+    kind, extra = searcher_kind(config)
+    return kind(
         config.index,
+        **extra,
         model=config.model,
         replicas=config.replicas,
         num_cpus_per_shard=config.num_cpus_per_shard,
@@ -50,6 +52,16 @@ def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearch
         check_model=config.check_model,
         quantization=config.quantization,
     )
+
+
+def searcher_kind(config: ServeConfig) -> tuple[type[ShardedSearcher], dict[str, Any]]:
+    """The searcher class for ``config.retriever`` and the arguments only it takes."""
+    if config.retriever != "hybrid":
+        return ShardedSearcher, {}
+    from laconic_ray.distributed.lexical import HybridSearcher, LexicalSpec
+
+    spec = LexicalSpec(config.bm25, config.bm25_k1, config.bm25_b, config.bm25_layout)
+    return HybridSearcher, {"bm25": spec, "hybrid": config.hybrid, "bm25_cpus": config.bm25_cpus}
 
 
 def run_serve(
@@ -118,13 +130,19 @@ def preflight(config: ServeConfig) -> int:
 def sized(config: ServeConfig, shards: int, http: bool) -> ServeConfig:
     """Shard actors' (and HTTP replicas') CPUs fitted to the cluster: see resources.py."""
     groups = {"shard actors": (shards * config.replicas, config.num_cpus_per_shard)}
+    knobs = ["num_cpus_per_shard"]
     if http:
         groups["HTTP replicas"] = (config.http_replicas, config.http_cpus)
-    sizes = size_for_cluster(groups, "num_cpus_per_shard" + (", http_cpus" if http else "") + " or replicas")
+        knobs.append("http_cpus")
+    if config.retriever == "hybrid":
+        groups["BM25 actor"] = (1, config.bm25_cpus)
+        knobs.append("bm25_cpus")
+    sizes = size_for_cluster(groups, ", ".join(knobs) + " or replicas")
     return dataclasses.replace(
         config,
         num_cpus_per_shard=sizes["shard actors"],
         http_cpus=sizes.get("HTTP replicas", config.http_cpus),
+        bm25_cpus=sizes.get("BM25 actor", config.bm25_cpus),
     )
 
 

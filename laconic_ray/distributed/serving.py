@@ -56,12 +56,14 @@ class SearchResult:
     scores: list[float]
     partial: bool = False
     missing_shards: list[int] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)  # other parts that did not answer: "bm25"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "hits": [{"doc_id": d, "score": s} for d, s in zip(self.doc_ids, self.scores, strict=True)],
             "partial": self.partial,
             "missing_shards": self.missing_shards,
+            "missing": self.missing,
         }
 
 
@@ -662,7 +664,8 @@ class ShardedSearcher:
     def health(self, timeout_s: float = 5.0) -> dict[str, Any]:
         refs = {(s, r): a.ready.remote() for s, row in enumerate(self.actors) for r, a in enumerate(row)}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
-        down = [f"{shard_name(s)}/r{r}" for (s, r), ref in refs.items() if ref not in ready]
+        # a dead actor's call is "ready" too, holding its error: answered means a value
+        down = [f"{shard_name(s)}/r{r}" for (s, r), ref in refs.items() if not answered(ref, ready)]
         return {"ok": not down, "down": down, "shards": self.num_shards, "replicas": self.replicas}
 
     def stats(self, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -710,6 +713,17 @@ class ShardedSearcher:
         self.actors, self._owned = [], []
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+
+def answered(ref: Any, ready: Sequence[Any]) -> bool:
+    """Did the call behind ``ref`` (one of ``ray.wait``'s) return a value rather than fail?"""
+    if ref not in ready:
+        return False
+    try:
+        ray.get(ref, timeout=0)
+    except Exception:
+        return False
+    return True
 
 
 def _truncate(result: SearchResult, k: int) -> SearchResult:

@@ -290,7 +290,9 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
         shards.shutdown()
 
 
-def test_laconic_serve_and_search_commands(ray_session, vectors, tmp_path):
+def test_laconic_serve_and_search_commands(ray_session, vectors, tmp_path, data_root):
+    """`laconic serve` and `laconic search`, with retriever=hybrid (BM25 actor beside the shards): a one-shot
+    search and the running service give the same fused ranking."""
     from laconic_ray.distributed.service import run_search, run_serve
     from tests.models import tiny_encoder
 
@@ -310,6 +312,9 @@ def test_laconic_serve_and_search_commands(ray_session, vectors, tmp_path):
             "name=cmd",
             "query=sodium channels in heart muscle",
             "k=5",
+            "retriever=hybrid",
+            f"bm25={data_root / 'scifact'}",
+            "bm25_cpus=0.5",
         ],
     )
     # `laconic search` with no service at host:port starts shard actors of its own for the query
@@ -329,6 +334,8 @@ def test_laconic_serve_and_search_commands(ray_session, vectors, tmp_path):
         assert ready.wait(180) and server.is_alive(), "laconic serve did not start"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
             assert json.loads(r.read())["ok"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+            assert json.loads(r.read())["bm25"]["docs"] == 5183
         via_http = run_search(config)  # ... and asks the running service when there is one
         assert via_http["via"] == "http"
         # the same ranking; scores to float32 rounding (the query is encoded in another process)
@@ -500,3 +507,75 @@ def test_laconic_serve_leaves_nothing_behind_when_it_cannot_deploy(ray_session, 
     finally:
         serve.shutdown()
         shards.shutdown()
+
+
+def test_hybrid_fuses_bm25_per_text_query_and_answers_without_it(ray_session, vectors, tmp_path, data_root):
+    """retriever=hybrid: a text query's learned ranking and BM25's (pyserini, in its own actor), both 100
+    deep, fused as `laconic eval retriever=hybrid` fuses them; vectors stay learned-only; with the BM25 actor
+    gone, answers keep coming within the deadline, learned-only, marked partial with "bm25" missing, and
+    /health says so. A setup that cannot start names what is wrong and leaves no actor behind."""
+    from laconic_ray.config import ConfigError
+    from laconic_ray.data.beir import BeirDataset
+    from laconic_ray.data.lucene import BM25, build_bm25_index
+    from laconic_ray.eval.fusion import fuse
+    from tests.models import tiny_encoder
+
+    uri, _doc_ids, _docs, queries = vectors
+    index = str(tmp_path / "index")
+    build(uri, index, "num_shards=2")
+    tiny_encoder().save_pretrained(str(tmp_path / "model"))
+    common = {"index": index, "model": tmp_path / "model", "timeout_s": 5}
+    learned = searcher(**common)
+    hybrid = searcher(**common, retriever="hybrid", bm25=data_root / "scifact", name="hyb",
+                      **{"hybrid.fusion": "interpolation", "hybrid.weight": 0.3})  # fmt: skip
+    try:
+        bm25 = BM25(build_bm25_index(BeirDataset(str(data_root / "scifact")), layout="multifield"),
+                    layout="multifield")  # fmt: skip
+        texts = ["sodium channels in heart muscle", "vitamin D deficiency and fractures", "tumour suppressor"]
+        vector = as_queries(queries[:1])[0]
+        got = hybrid.batch_search([*texts, vector], k=5)
+        for text, result in zip(texts, got, strict=False):
+            ranked = learned.search(text, k=100)
+            expected = fuse(dict(zip(ranked.doc_ids, ranked.scores, strict=True)), dict(bm25.search(text, 100)),
+                            hybrid.hybrid, 5)  # fmt: skip
+            assert result.doc_ids == list(expected) and result.scores == pytest.approx(
+                list(expected.values())
+            )
+            assert not result.partial and result.missing == []
+        assert got[0].doc_ids != learned.search(texts[0], k=5).doc_ids  # BM25 moved something
+        assert got[3].doc_ids == learned.search(vector, k=5).doc_ids  # no text: learned only
+        stats = hybrid.stats()["bm25"]
+        assert stats["docs"] == 5183 and stats["calls"] == 1 and stats["failures"] == 0
+        assert hybrid.health()["ok"]
+
+        ray.kill(hybrid.lexical, no_restart=True)
+        started = time.monotonic()
+        alone = hybrid.search(texts[0], k=5)
+        assert time.monotonic() - started < 10  # the deadline (timeout_s=5), not a hang
+        assert (
+            alone.partial
+            and alone.missing == ["bm25"]
+            and alone.doc_ids == learned.search(texts[0], 5).doc_ids
+        )
+        health = hybrid.health()
+        assert not health["ok"] and health["down"] == ["bm25"]
+        assert hybrid.stats()["bm25"]["failures"] == 1
+    finally:
+        hybrid.shutdown()
+        learned.shutdown()
+    with pytest.raises(ConfigError, match="bm25: retriever=hybrid needs bm25="):
+        searcher(**common, retriever="hybrid")
+    with pytest.raises(
+        ShardStartupError,
+        match=r"BM25 actor for \S*nowhere failed to start: FileNotFoundError: dataset: \S*nowhere: not found$",
+    ):
+        searcher(**common, retriever="hybrid", bm25=tmp_path / "nowhere", name="hyb-bad")
+    deadline = time.monotonic() + 30  # the shard actors it had started are gone with it
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor("hyb-bad-shard-00000-r0", namespace="laconic")
+        except ValueError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("a failed hybrid searcher left its shard actors running")
