@@ -175,3 +175,14 @@ def test_every_shipped_stage_config_fits_its_stage_schema():
         "eval.yaml",
         "studies/csplade-ablation.yaml",
     } <= set(checked)
+
+
+@pytest.mark.parametrize("preset", ["quickstart.yaml", "adapt.yaml"])
+def test_the_quickstart_presets_validate_as_shipped(preset):
+    """They run with no argument at all, so their own values must pass every stage's validation (a phase-2
+    check on the shared mine section once failed the adapt preset before it started)."""
+    from pathlib import Path
+
+    from laconic_ray.config import QuickstartConfig
+
+    load_config(QuickstartConfig, str(Path(__file__).resolve().parents[2] / "conf" / preset), [])
