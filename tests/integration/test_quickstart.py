@@ -120,9 +120,17 @@ def test_the_label_free_adapt_preset_on_a_corpus_without_training_queries(user):
     summary = laconic(home, env, "quickstart", "conf/adapt.yaml", "dataset=cranfield", "output=runs/adapt",
                       "corpus_limit=200", "query_limit=30", "weak_pairs=256", "train.phase1.steps=3",
                       "train.phase1.micro_batch_queries=8", "train.phase1.queries_per_step=8", "http=false",
-                      "dev_every=3", "dev_from=test")  # fmt: skip
+                      "dev_every=3", "dev_from=test", "term_weights=true")  # fmt: skip
     out = home / "runs" / "adapt"
     assert set(summary["ndcg10"]) == {"untrained", "adapted", "bm25", "hybrid"}
+    # sqrt(idf) of the (sliced) corpus, computed once by the driver, from the untrained model on: the workers
+    # read the file, the export carries it, the evaluation's encoders apply it
+    made = json.loads((out / "train" / "term_weights.json").read_text())
+    assert made["corpus"] == str(out / "data" / "dev-split" / "collection")  # the run's own, sliced
+    assert made["documents"] == sum(1 for _ in BeirDataset(made["corpus"]).corpus()) >= 200
+    for model in (out / "models" / "untrained", out / "train" / "phase1" / "model"):
+        assert json.loads((model / "laconic.json").read_text())["term_weights"] is True
+        assert json.loads((model / "term_weights.json").read_text())["weights"] == made["weights"]
     assert "mine_hard_negatives" not in summary["timings_s"] and not (out / "train" / "phase2").exists()
     sources = {e.source for e in read_examples(str(out / "data" / "weak"))}
     assert sources == {"weak:title_body", "weak:cropping", "weak:inverse_cloze"}
