@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--model", default="", help="default: the run's final model")
     args = parser.parse_args()
-    summary = json.load(open(os.path.join(args.run, "summary.json")))
+    with open(os.path.join(args.run, "summary.json")) as f:
+        summary = json.load(f)
     model = args.model or summary["model"]
     root = os.path.join(args.run, "data", "dev-split", args.collection)
     if not os.path.isdir(root):
