@@ -17,6 +17,7 @@ interruption picks up where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -239,6 +240,18 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             target = os.path.join(out, "data", "dev-split", name)
             root = carve_dev(root, target, config.dev_every, config.dev_from)
         dataset = BeirDataset(root)
+    # a corpus of one's own, no qrels: everything runs but the scoring (the adapt preset reads no label)
+    labelled = "test" in dataset.splits()
+    supervised = config.train.phase2.enabled  # false: the adapt preset, no labels before the evaluation
+    if supervised and "train" not in dataset.splits():
+        raise ValueError(
+            f"dataset: {root} has no qrels/train.tsv, and phase 2 mines hard negatives for judged train "
+            "queries; for a corpus without labels use conf/adapt.yaml (phase 1 on the corpus's own pairs)"
+        )
+    if not labelled:
+        log.warning(
+            "%s has no qrels/test.tsv: trained, encoded, indexed and served, but nothing scored", root
+        )
     ensure_ray(config.ray)
 
     with timer("mine_weak_pairs"):
@@ -250,7 +263,6 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                 )
             )
     negatives = os.path.join(out, "data", "negatives")
-    supervised = config.train.phase2.enabled  # false: the adapt preset, no labels before the evaluation
     if supervised:
         with timer("mine_hard_negatives"):
             if not storage.exists(os.path.join(negatives, storage.MANIFEST_NAME)):
@@ -270,7 +282,8 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     if config.term_weights:  # before the untrained model is built: the prior is where training starts
         model = dataclasses.replace(train.model, term_weights=f"idf:{root}")
         train = dataclasses.replace(train, model=resolve_term_weights(model, train.output))
-    if config.baselines:
+    baselines = config.baselines and labelled
+    if baselines:
         with timer("eval_untrained"):
             untrained = os.path.join(out, "models", "untrained")
             if not storage.exists(os.path.join(untrained, "laconic.json")):
@@ -280,7 +293,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         trained = run_train(train)
     final_model = trained["model"]
     bm25: dict = {}  # the BM25 test run: a baseline, and the hybrid's lexical half
-    if config.baselines:
+    if baselines:
         if supervised:
             with timer("eval_phase1"):
                 results["phase1"] = evaluate_model(
@@ -320,8 +333,11 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
             timeout_s=config.serve_timeout_s,
         )
         searcher = searcher_from(serve_config, name=serve_config.name)
+        vectors_q = None
         try:
-            for split, name in [("dev", f"{final}_dev")] * bool(config.dev_every) + [("test", final)]:
+            for split, name in (
+                [("dev", f"{final}_dev")] * bool(config.dev_every) + [("test", final)]
+            ) * labelled:
                 queries = list(dataset.queries(split))
                 answers = complete_answers(searcher, [q.text for q in queries], 100, serve_config.timeout_s)
                 run = {
@@ -341,6 +357,11 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                 results["hybrid"] = {
                     m: round(v, 4) for m, v in evaluate(fused, dataset.qrels("test"))[0].items()
                 }
+            if vectors_q is None:  # nothing judged: the latency of the documents' openings as queries
+                openings = [
+                    " ".join(d.full_text().split()[:12]) for d in itertools.islice(dataset.corpus(), 100)
+                ]
+                vectors_q = searcher.vectorize([t for t in openings if t.strip()])
             sparse_queries = [
                 {"indices": vectors_q[i].indices.tolist(), "values": vectors_q[i].data.tolist()}
                 for i in range(vectors_q.shape[0])
@@ -353,7 +374,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
 
     summary = {
         "dataset": dataset.name,
-        "nDCG@10": results[final]["nDCG@10"],
+        "nDCG@10": results[final]["nDCG@10"] if labelled else None,
         "ndcg10": {name: r["nDCG@10"] for name, r in results.items() if "dev" not in name},
         "metrics": results,
         "latency_ms": latencies,
@@ -421,17 +442,21 @@ def write_report(out: str, summary: dict[str, Any], trained: dict[str, Any]) -> 
         "sparsity over training",
         log_y=True,
     )
-    plot_bars(summary["ndcg10"], str(figures / "ndcg10.png"), "nDCG@10", f"{summary['dataset']} test")
+    if summary["ndcg10"]:
+        plot_bars(summary["ndcg10"], str(figures / "ndcg10.png"), "nDCG@10", f"{summary['dataset']} test")
     plot_bars(
         {k: v["p50_ms"] for k, v in summary["latency_ms"].items()},
         str(figures / "latency.png"),
         "p50 ms per query",
         "search latency (10 results)",
     )
-    rows = "\n".join(
-        f"| {name} | {r.get('nDCG@10', 0):.4f} | {r.get('R@100', 0):.4f} | {r.get('RR@10', 0):.4f} | "
-        f"{r.get('mean_doc_nnz', '')} |"
-        for name, r in summary["metrics"].items()
+    rows = (
+        "\n".join(
+            f"| {name} | {r.get('nDCG@10', 0):.4f} | {r.get('R@100', 0):.4f} | {r.get('RR@10', 0):.4f} | "
+            f"{r.get('mean_doc_nnz', '')} |"
+            for name, r in summary["metrics"].items()
+        )
+        or "| (no qrels/test.tsv in the collection: nothing scored) | | | | |"
     )
     timings = "\n".join(f"| {k} | {v} |" for k, v in summary["timings_s"].items())
     lat = "\n".join(f"| {k} | {v['p50_ms']} | {v['p99_ms']} |" for k, v in summary["latency_ms"].items())

@@ -137,6 +137,24 @@ def test_the_label_free_adapt_preset_on_a_corpus_without_training_queries(user):
     assert summary["metrics"]["adapted_dev"]["nDCG@10"] >= 0 and summary["metrics"]["hybrid"]["nDCG@10"] > 0
 
 
+def test_the_adapt_preset_on_a_bare_corpus_of_ones_own(user, data_root):
+    """The user the adapt preset is for: a folder holding a corpus.jsonl and nothing else (no queries, no
+    qrels). Mined, trained, encoded, indexed and served; nothing scored, and the summary says so."""
+    home, env = user
+    own = home / "my-corpus"
+    own.mkdir()
+    with open(data_root / "cranfield" / "corpus.jsonl") as src:
+        (own / "corpus.jsonl").write_text("".join(line for _, line in zip(range(120), src, strict=False)))
+    summary = laconic(home, env, "quickstart", "conf/adapt.yaml", f"dataset={own}", "output=runs/own",
+                      "weak_pairs=64", "train.phase1.steps=2", "train.phase1.micro_batch_queries=8",
+                      "train.phase1.queries_per_step=8", "http=false")  # fmt: skip
+    assert summary["nDCG@10"] is None and summary["ndcg10"] == {} and summary["metrics"] == {}
+    assert summary["docs"] == 120 and summary["latency_ms"]["python_client"]["p50_ms"] > 0
+    assert "nothing scored" in (home / "runs" / "own" / "report.md").read_text()
+    model = home / "runs" / "own" / "train" / "phase1" / "model"
+    assert json.loads((model / "term_weights.json").read_text())["documents"] == 120
+
+
 def test_the_readmes_serve_command_is_healthy_on_two_cpus(user):
     home, env = user
     out = home / "runs" / "qs"
