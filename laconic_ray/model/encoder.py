@@ -845,6 +845,10 @@ class SparseEncoder(nn.Module):
         os.makedirs(uri, exist_ok=True)
         self.lm.save_pretrained(uri, safe_serialization=True, max_shard_size=max_shard_size)
         self.tokenizer.save_pretrained(uri)
+        if self.term_scale is not None:  # before the digest, which covers it
+            from laconic_ray.model import term_weights
+
+            term_weights.write(uri, self.term_scale.numpy(), self.term_weights_meta)
         self.model_id = weights_digest(uri)
         extra = {
             "vocab_size": self.vocab_size,
@@ -856,10 +860,6 @@ class SparseEncoder(nn.Module):
         }
         from laconic_ray.model import card
 
-        if self.term_scale is not None:
-            from laconic_ray.model import term_weights
-
-            term_weights.write(uri, self.term_scale.numpy(), self.term_weights_meta)
         if self.query_weights is not None:  # the static query table, as document-only models ship it
             tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
             table = {t: float(w) for t, w in zip(tokens, self.query_weights.tolist(), strict=False) if w > 0}
@@ -1273,9 +1273,13 @@ def build_hf_config(config: Any):
 
 
 def weights_digest(folder: str) -> str:
-    """``sha256:<hex>`` over a saved model's weight files (names and bytes, in name order)."""
+    """``sha256:<hex>`` over a saved model's weight files (names and bytes, in name order), its term weights
+    included when it has them (they change every output weight as much as the LM's own do)."""
     h = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*.safetensors")):
+    from laconic_ray.model.term_weights import TERM_WEIGHTS_FILE
+
+    extra = [Path(folder) / TERM_WEIGHTS_FILE] if (Path(folder) / TERM_WEIGHTS_FILE).is_file() else []
+    for path in [*sorted(Path(folder).glob("*.safetensors")), *extra]:
         h.update(path.name.encode() + b"\0")
         with open(path, "rb") as f:
             while block := f.read(1 << 24):

@@ -51,6 +51,19 @@ def test_an_encoder_with_term_weights_scales_every_weight_and_round_trips(tmp_pa
     np.testing.assert_allclose(loaded.encode_documents(texts).toarray(), expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="entries, the vocabulary"):
         plain.set_term_weights(torch.ones(7))
+    # the model id (what an index records of its encoder) covers the term weights: same LM, other scale,
+    # another id; without any, the id is the LM weights' own, as before
+    plain.save_pretrained(tmp_path / "plain")
+    other = tiny_encoder().set_term_weights(scale * 2).save_pretrained(tmp_path / "other")
+    ids = {
+        json.loads((tmp_path / m / "laconic.json").read_text())["model_id"]
+        for m in ("plain", "model", "other")
+    }
+    assert (
+        len(ids) == 3
+        and loaded.model_id == json.loads((tmp_path / "model" / "laconic.json").read_text())["model_id"]
+    )
+    assert SparseEncoder.from_pretrained(other).model_id != loaded.model_id
 
 
 @pytest.mark.parametrize(
