@@ -5,7 +5,7 @@ A term's weight in a query-document score becomes ``q_t * d_t * scale_t**2``. Wi
 is what a bag-of-words encoder lacks against BM25: ``a``, ``the``, ``of`` and a query prefix match every
 document with the weight of a rare word. Nothing is learned in the table; training learns around it. Measured
 on the quickstart's tiny model before any training (issue 27): SciFact nDCG@10 0.470 -> 0.525, Cranfield
-0.214 -> 0.263, CACM 0.188 -> 0.257.
+0.215 -> 0.264, CACM 0.188 -> 0.257 (benchmarks/term_weights.py).
 
 Stored beside the weights as ``term_weights.json`` (one float per vocabulary id, plus how it was made).
 """
