@@ -335,9 +335,8 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         searcher = searcher_from(serve_config, name=serve_config.name)
         vectors_q = None
         try:
-            for split, name in (
-                [("dev", f"{final}_dev")] * bool(config.dev_every) + [("test", final)]
-            ) * labelled:
+            judged = [("dev", f"{final}_dev")] * bool(config.dev_every) + [("test", final)]
+            for split, name in judged if labelled else []:
                 queries = list(dataset.queries(split))
                 answers = complete_answers(searcher, [q.text for q in queries], 100, serve_config.timeout_s)
                 run = {

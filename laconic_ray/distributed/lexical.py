@@ -123,11 +123,10 @@ class HybridSearcher(ShardedSearcher):
             raise ValueError("model: retriever=hybrid needs the checkpoint that encodes text queries")
         super().__init__(index, _attach=_attach, **kwargs)
         self.hybrid, self.spec = hybrid, bm25
-        self.startup_timeout_s = kwargs.get("startup_timeout_s", 300.0)
         self.lexical_failures = 0
         self._lexical_owned = False
         try:
-            self.lexical = self._start_lexical(bm25_cpus, kwargs.get("max_restarts", 3), _attach)
+            self.lexical = self._start_lexical(bm25_cpus, _attach)
         except BaseException:
             super().shutdown()
             raise
@@ -136,7 +135,7 @@ class HybridSearcher(ShardedSearcher):
     def attach(cls, index: str, name: str, *, replicas: int = 1, **kwargs: Any) -> HybridSearcher:
         return cls(index, name=name, replicas=replicas, _attach=True, **kwargs)
 
-    def _start_lexical(self, num_cpus: float, max_restarts: int, attach: bool) -> Any:
+    def _start_lexical(self, num_cpus: float, attach: bool) -> Any:
         """Create (or find) the BM25 actor and wait, within the startup deadline, until it has its index."""
         actor_name = f"{self.name}-{BM25}" if self.name else None
         timeout_s = self.startup_timeout_s
@@ -168,7 +167,7 @@ class HybridSearcher(ShardedSearcher):
         if actor is None:
             opts: dict[str, Any] = {
                 "num_cpus": num_cpus,
-                "max_restarts": max_restarts,
+                "max_restarts": self.max_restarts,
                 "max_task_retries": 0,  # a query is answered by the deadline or without BM25, never re-run
             }
             if actor_name:

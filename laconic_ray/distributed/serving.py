@@ -220,6 +220,7 @@ class ShardedSearcher:
         self.vocab_size = int(self.manifest.metadata["vocab_size"])
         self.num_shards = len(self.manifest.files)
         self.replicas, self.timeout_s, self.retries, self.mode = replicas, timeout_s, retries, mode
+        self.max_restarts, self.startup_timeout_s = max_restarts, startup_timeout_s
         self.threads_per_shard = threads_per_shard
         self.direct = direct
         self.actors: list[list[Any]] = []

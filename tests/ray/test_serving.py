@@ -21,7 +21,7 @@ from laconic_ray import sparse, storage
 from laconic_ray.config import IndexConfig, ServeConfig, load_config
 from laconic_ray.distributed.index import run_index
 from laconic_ray.distributed.service import searcher_from
-from laconic_ray.distributed.serving import ShardedSearcher, ShardStartupError
+from laconic_ray.distributed.serving import ShardedSearcher, ShardStartupError, _wait_name_free
 from laconic_ray.index import InvertedIndex, QueryError
 from tests.vectors import bm25_queries, collection_vectors
 
@@ -570,12 +570,4 @@ def test_hybrid_fuses_bm25_per_text_query_and_answers_without_it(ray_session, ve
         match=r"BM25 actor for \S*nowhere failed to start: FileNotFoundError: dataset: \S*nowhere: not found$",
     ):
         searcher(**common, retriever="hybrid", bm25=tmp_path / "nowhere", name="hyb-bad")
-    deadline = time.monotonic() + 30  # the shard actors it had started are gone with it
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor("hyb-bad-shard-00000-r0", namespace="laconic")
-        except ValueError:
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("a failed hybrid searcher left its shard actors running")
+    _wait_name_free("hyb-bad-shard-00000-r0", 30)  # the shard actors it had started are gone with it
