@@ -762,6 +762,9 @@ class ServeConfig:
     max_batch_queries: int = 256  # concurrent queries sent to the shards together (micro-batching)
     # a batch waits up to this long for the callers of the last one to come back (only when fewer are queued)
     batch_wait_ms: float = 1.0
+    # batches with the shards at once over direct connections, spread over the replicas (null: max(2,
+    # replicas)): while a shard searches one, the client sends the next and merges the last
+    in_flight: int | None = None
     max_query_terms: int = 4096  # HTTP: terms per query vector
     max_body_bytes: int = 8 << 20  # HTTP: request body size
     # learned | hybrid: text queries also through BM25 (a CPU actor, pyserini), the two rankings fused by
@@ -801,6 +804,7 @@ class ServeConfig:
             check(self.bm25_layout in ("flat", "multifield"), "bm25_layout", "must be flat or multifield")
             check(self.bm25_cpus > 0, "bm25_cpus", "must be > 0")
         check(self.max_batch_queries > 0 and self.batch_wait_ms >= 0, "max_batch_queries", "must be > 0")
+        check(self.in_flight is None or self.in_flight >= 1, "in_flight", "must be >= 1 or null")
         check(
             self.max_query_terms > 0 and self.max_body_bytes >= 1024,
             "max_query_terms",

@@ -317,6 +317,7 @@ def deploy(config, options: StorageOptions) -> str:
         "direct": config.direct,
         "max_batch_queries": config.max_batch_queries,
         "batch_wait_ms": config.batch_wait_ms,
+        "in_flight": config.in_flight,
         "check_model": config.check_model,
         "quantization": config.quantization,
         "startup_timeout_s": config.startup_timeout_s,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -126,7 +127,9 @@ class _Request:
     error: BaseException | None = None
     finished: bool = False
     lead: bool = False  # handed a leader's slot: run the next batch
-    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # woken by a token: SimpleQueue's put/get are C calls, several times cheaper per hand-off than an Event's
+    # Condition; a spare token (answered and handed the lead at once) only costs one more look at the flags
+    wake: queue.SimpleQueue = dataclasses.field(default_factory=queue.SimpleQueue)
 
 
 class MicroBatcher:
@@ -178,8 +181,7 @@ class MicroBatcher:
                 self._lead(request)
             if request.finished:
                 break
-            request.wake.wait()
-            request.wake.clear()
+            request.wake.get()
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
@@ -197,7 +199,7 @@ class MicroBatcher:
             successor = next((r for r in self._queue if not r.lead), None)  # one slot per caller
             if successor is not None:
                 successor.lead = True
-                successor.wake.set()
+                successor.wake.put(None)
             else:
                 self._inflight -= 1
 
@@ -259,4 +261,4 @@ class MicroBatcher:
     def _wake(batch: list[_Request]) -> None:
         for request in batch:
             request.finished = True
-            request.wake.set()
+            request.wake.put(None)

@@ -49,6 +49,7 @@ def searcher_from(config: ServeConfig, name: str | None = None) -> ShardedSearch
         startup_timeout_s=config.startup_timeout_s,
         max_batch_queries=config.max_batch_queries,
         batch_wait_ms=config.batch_wait_ms,
+        in_flight=config.in_flight,
         check_model=config.check_model,
         quantization=config.quantization,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,14 +16,25 @@ def merge_topk(
     merged list of a partitioned index equals the list of one unpartitioned index exactly. A doc id that
     appears in more than one partial (a replica answered twice) is kept once, at its best position.
     """
+    ids, scores = merge_lists(partials, k)
+    return ids, np.asarray(scores, dtype=np.float64)
+
+
+def merge_lists(
+    partials: Sequence[tuple[Sequence[str], Sequence[float]]], k: int
+) -> tuple[list[str], list[float]]:
+    """:func:`merge_topk` with the scores as a list (the service's hot path: a few microseconds a query)."""
     if k <= 0:
         raise ValueError(f"k must be > 0, got {k}")
-    # heapq.merge on (-score, doc_id) keys: each input is sorted by exactly that key
-    streams = [zip((-float(s) for s in scores), ids, strict=True) for ids, scores in partials]
+    if len(partials) == 1:  # one shard answered: its list is already in order, unique, and at most its k
+        ids, scores = partials[0]
+        return list(ids[:k]), [float(s) for s in scores[:k]]
+    # shards send at most k each: sorting them all on (-score, doc_id) beats a lazy k-way merge at that size
+    ranked = sorted((-float(s), d) for ids, scores in partials for d, s in zip(ids, scores, strict=True))
     out_ids: list[str] = []
     out_scores: list[float] = []
     seen: set[str] = set()
-    for neg, doc in heapq.merge(*streams):
+    for neg, doc in ranked:
         if doc in seen:
             continue
         seen.add(doc)
@@ -32,4 +42,4 @@ def merge_topk(
         out_scores.append(-neg)
         if len(out_ids) == k:
             break
-    return out_ids, np.asarray(out_scores, dtype=np.float64)
+    return out_ids, out_scores

@@ -80,7 +80,7 @@ def test_four_shards_equal_one_index_exactly(ray_session, vectors, tmp_path, par
         assert (
             sum(s["docs"] for s in stats["shards"]) == len(doc_ids) and stats["queries"] == len(results) + 1
         )
-        assert stats["direct_channels"] == 4  # the scatter ran over direct connections ...
+        assert stats["direct_channels"] == 8  # the scatter ran over direct connections (2 lanes a shard) ...
         assert all(s["calls"] == 2 and s["failures"] == 0 for s in stats["shards"])  # ... every time
         assert ray.get(client.actors[0][0].stats.remote())["channel_requests"] == 2
     finally:
@@ -120,9 +120,9 @@ def test_a_killed_shard_loses_no_query(ray_session, vectors, tmp_path):
         # the channel died with the actor (those queries went by actor call) and opens anew once it is back
         assert stats["shards"][1]["failures"] >= 1
         deadline = time.monotonic() + 120
-        while client.stats()["direct_channels"] < 2 and time.monotonic() < deadline:
+        while client.stats()["direct_channels"] < 4 and time.monotonic() < deadline:
             assert client.search(stream[0], k=10).doc_ids == reference[0]
-        assert client.stats()["direct_channels"] == 2
+        assert client.stats()["direct_channels"] == 4  # 2 shards x 2 lanes
     finally:
         client.shutdown()
 
@@ -135,17 +135,17 @@ def test_channel_failures_fall_back_to_actor_calls(ray_session, vectors, tmp_pat
     try:
         stream = as_queries(queries)[:20]
         expected = [whole.search(queries[i].indices, queries[i].data, 10)[0] for i in range(20)]
-        client._channels[0][0].close()  # e.g. the connection reset under it
+        client._channels[0][0].close()  # e.g. the connection reset under it (lane 0: the first batch's)
         calls = ray.get(client.actors[0][0].stats.remote())["channel_requests"]
         # shard 0 answers by actor call (and is asked for its address again in the background) ...
         assert [r.doc_ids for r in client.batch_search(stream[:10], k=10)] == expected[:10]
         assert ray.get(client.actors[0][0].stats.remote())["channel_requests"] == calls
         deadline = time.monotonic() + 60
-        while client.stats()["direct_channels"] < 2 and time.monotonic() < deadline:
+        while client.stats()["direct_channels"] < 4 and time.monotonic() < deadline:
             assert client.search(stream[0], k=10).doc_ids == expected[0]
         # ... until a later query finds the address there and reconnects
         assert [client.search(q, k=10).doc_ids for q in stream[10:]] == expected[10:]
-        assert client.stats()["direct_channels"] == 2
+        assert client.stats()["direct_channels"] == 4
         assert ray.get(client.actors[0][0].stats.remote())["channel_requests"] >= calls + 10
         direct = searcher(str(tmp_path / "index"), timeout_s=30, direct=False)  # actor calls only
         try:
@@ -377,7 +377,7 @@ def test_a_query_a_shard_rejects_never_desynchronises_the_others(ray_session, ve
             stats = client.stats()
             assert all(s["retries"] == 0 for s in stats["shards"])
             if direct:
-                assert stats["direct_channels"] == 3  # the refusals closed no channel
+                assert stats["direct_channels"] == 6  # the refusals closed no channel (3 shards x 2 lanes)
         finally:
             client.shutdown()
 
@@ -388,7 +388,9 @@ def test_concurrent_clients_are_batched_and_each_gets_its_answer(ray_session, ve
     whole = InvertedIndex.build(docs, doc_ids)
     stream = as_queries(queries)
     expected = [whole.search(queries[i].indices, queries[i].data, 5)[0] for i in range(len(stream))]
-    client = searcher(str(tmp_path / "index"), timeout_s=60)
+    # two batches in flight to each single-replica shard, searched side by side on two threads
+    client = searcher(str(tmp_path / "index"), timeout_s=60, threads_per_shard=2)
+    assert client.stats()["direct_channels"] == 4  # 2 shards x 2 lanes
     wrong, errors = [], []
 
     def run(offset: int) -> None:
@@ -409,6 +411,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_answer(ray_session, ve
         assert errors == [] and wrong == []
         stats = client.stats()
         assert stats["queries"] == 480 and stats["batches"] < 480  # several callers shared shard calls
+        assert max(s["overlap_peak"] for s in stats["shards"]) == 2  # a shard searched two batches at once
     finally:
         client.shutdown()
 

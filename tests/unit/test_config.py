@@ -186,3 +186,15 @@ def test_the_quickstart_presets_validate_as_shipped(preset):
     from laconic_ray.config import QuickstartConfig
 
     load_config(QuickstartConfig, str(Path(__file__).resolve().parents[2] / "conf" / preset), [])
+
+
+def test_serve_batching_knobs_are_checked():
+    from laconic_ray.config import ServeConfig
+
+    assert load_config(ServeConfig, "conf/serve.yaml", ["index=x"]).in_flight is None  # max(2, replicas)
+    assert load_config(ServeConfig, "conf/serve.yaml", ["index=x", "in_flight=3"]).in_flight == 3
+    for bad in ("in_flight=0", "in_flight=-2"):
+        with pytest.raises(ConfigError, match="in_flight: must be >= 1 or null"):
+            load_config(ServeConfig, "conf/serve.yaml", ["index=x", bad])
+    with pytest.raises(ConfigError, match="in_flight"):
+        load_config(ServeConfig, "conf/serve.yaml", ["index=x", "in_flight=many"])

@@ -4,6 +4,7 @@ search, save/load, and every error case."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -444,9 +445,37 @@ def test_scratch_stamps_start_again_before_they_run_out(random_setup):
     index.accumulate_docs = 0  # the block-max kernels, which use the stamped scratch tables
     expected = [index.search(queries[i].indices, queries[i].data, 10) for i in range(5)]
     index.batch_search(queries[:5], 10, num_threads=1)
-    index._stamp = (1 << 31) - 3  # the next batch would need stamps past 2^31
+    index._scratch().stamp = (1 << 31) - 3  # this thread's next batch would need stamps past 2^31
     for got, (ids_, scores) in zip(index.batch_search(queries[:5], 10, num_threads=1), expected, strict=True):
         assert got[0] == ids_
         np.testing.assert_array_equal(got[1], scores)
-    assert index._stamp == 5  # numbering started again, on cleared tables
+    assert index._scratch().stamp == 5  # numbering started again, on cleared tables
     assert index.search(queries[0].indices, queries[0].data, 10)[0] == expected[0][0]
+
+
+def test_threads_search_one_index_at_once(random_setup):
+    """Each searching thread has scratch of its own: concurrent searches (a shard actor answers its
+    channels' batches side by side) give what one thread gives alone."""
+    docs, ids, queries = random_setup
+    index = InvertedIndex.build(docs, ids)
+    index.accumulate_docs = 0  # the block-max kernels' stamped tables too, not only the accumulators
+    n = queries.shape[0]
+    expected = [index.search(queries[i].indices, queries[i].data, 10) for i in range(n)]
+    errors: list[str] = []
+
+    def run(offset: int) -> None:
+        for r in range(20):
+            i = (offset + r) % n
+            if r % 2:
+                got = index.search(queries[i].indices, queries[i].data, 10)
+            else:
+                got = index.batch_search(queries[i : i + 1], 10, num_threads=1)[0]
+            if got[0] != expected[i][0] or not np.array_equal(got[1], expected[i][1]):
+                errors.append(f"query {i} from thread {offset}")
+
+    threads = [threading.Thread(target=run, args=(t * 7,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
