@@ -174,8 +174,8 @@ def test_an_encode_stopped_mid_way_completes_on_resubmission(head, data_root):
     out = work / "stopped"
     tiny_encoder().save_pretrained(str(out / "model"))
     command = [
-        "python", "jobs/encode.py", "conf/encode.yaml", f"model={out}/model", "corpus=scifact",
-        f"output={out}/vectors", "shard_bytes=400000",
+        "python", "jobs/encode.py", "conf/encode.yaml", f"model={out}/model", "corpus=cranfield",
+        f"output={out}/vectors", "shard_bytes=50000",
     ]  # fmt: skip
     job, _ = submit(env, runtime, *command, wait=False)
     parts = out / "vectors" / "parts"
@@ -189,6 +189,7 @@ def test_an_encode_stopped_mid_way_completes_on_resubmission(head, data_root):
     resumed = summary(logs)
     assert resumed["shards_resumed"] >= 2  # the finished shards were kept, not redone
     ids, _, _ = sparse.read_sparse(str(out / "vectors"))
-    lines = (Path(data_root) / "scifact" / "corpus.jsonl").read_text().splitlines()
-    corpus = [json.loads(line)["_id"] for line in lines if line.strip()]
+    lines = (Path(data_root) / "cranfield" / "corpus.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    corpus = [r["_id"] for r in rows if (r.get("title", "") + r["text"]).strip()]  # 2 have no text at all
     assert sorted(ids) == sorted(corpus)  # exactly one row per document
