@@ -197,6 +197,12 @@ class HybridSearcher(ShardedSearcher):
 
     # ---------------------------------------------------------------------------------------- queries
 
+    async def abatch_search(
+        self, queries: Sequence[Any], k: int = 10, mode: str | None = None
+    ) -> list[SearchResult]:
+        """Text queries also go to BM25 and are fused: the whole ``batch_search`` on a worker thread."""
+        return await self._off_loop(self.batch_search, queries, k, mode)
+
     def batch_search(
         self, queries: Sequence[Any], k: int = 10, mode: str | None = None
     ) -> list[SearchResult]:

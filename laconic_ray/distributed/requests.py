@@ -16,12 +16,14 @@ batch that long for more queries (more throughput, more latency).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -130,6 +132,8 @@ class _Request:
     # woken by a token: SimpleQueue's put/get are C calls, several times cheaper per hand-off than an Event's
     # Condition; a spare token (answered and handed the lead at once) only costs one more look at the flags
     wake: queue.SimpleQueue = dataclasses.field(default_factory=queue.SimpleQueue)
+    # an asyncio caller (asubmit) waits on a future of its event loop instead, holding no thread
+    future: asyncio.Future | None = None
 
 
 class MicroBatcher:
@@ -163,6 +167,7 @@ class MicroBatcher:
             self._lock
         )  # only a leader holding a batch for wait_s waits on it
         self._inflight = 0
+        self._pool: ThreadPoolExecutor | None = None  # leader threads for asyncio callers (asubmit)
         self._last_size = 1  # queries in the last batch taken: the size worth waiting for (up to wait_s)
         self.batches = 0
         self.queries = 0
@@ -186,22 +191,57 @@ class MicroBatcher:
             raise request.error
         return request.result  # type: ignore[return-value]
 
-    def _lead(self, own: _Request) -> None:
-        """Run batches holding a leader's slot until ``own`` is answered; then pass the slot on or free it."""
-        while not own.finished:
-            with self._lock:
-                batch = self._take()
-                if not batch:  # someone else's batch answered ours meanwhile (max_inflight > 1)
-                    break
-            self._execute(batch)
+    async def asubmit(self, rows: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str) -> list:
+        """``submit`` for asyncio callers (the HTTP front end): a waiting request holds no thread and is
+        answered on its event loop; one that takes a free slot leads on a thread of this batcher's own."""
+        loop = asyncio.get_running_loop()
+        request = _Request(rows, int(k), mode, future=loop.create_future())
         with self._lock:
-            own.lead = False
-            successor = next((r for r in self._queue if not r.lead), None)  # one slot per caller
-            if successor is not None:
-                successor.lead = True
-                successor.wake.put(None)
+            self._queue.append(request)
+            request.lead = self._inflight < self.max_inflight
+            if request.lead:
+                self._inflight += 1
             else:
-                self._inflight -= 1
+                self._arrived.notify()
+        if request.lead:
+            self._leaders().submit(self._lead, request)
+        return await request.future
+
+    def close(self) -> None:
+        """Let the leader threads go (after their batches)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def _leaders(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="laconic-batch")
+            return self._pool
+
+    def _lead(self, own: _Request) -> None:
+        """Run batches holding a leader's slot until ``own`` is answered; then pass the slot on or free it.
+        An asyncio caller has no thread to hand it to: a leader thread of this batcher leads on for it."""
+        while True:
+            while not own.finished:
+                with self._lock:
+                    batch = self._take()
+                    if not batch:  # someone else's batch answered ours meanwhile (max_inflight > 1)
+                        break
+                self._execute(batch)
+            with self._lock:
+                own.lead = False
+                successor = next((r for r in self._queue if not r.lead), None)  # one slot per caller
+                if successor is None:
+                    self._inflight -= 1
+                    return
+                successor.lead = True
+                if successor.future is None:
+                    successor.wake.put(None)
+                    return
+            if own.future is None:  # a thread caller returns to its own caller; a batcher thread leads on
+                self._leaders().submit(self._lead, successor)
+                return
+            own = successor
 
     def _take(self) -> list[_Request]:
         """The next batch (called holding the lock). When the last batch was larger than what is queued now,
@@ -259,6 +299,22 @@ class MicroBatcher:
 
     @staticmethod
     def _wake(batch: list[_Request]) -> None:
+        loops: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
         for request in batch:
             request.finished = True
-            request.wake.put(None)
+            if request.future is None:
+                request.wake.put(None)
+            else:
+                loops.setdefault(request.future.get_loop(), []).append(request)
+        for loop, requests in loops.items():  # one wake-up per event loop, not per request
+            loop.call_soon_threadsafe(_settle, requests)
+
+
+def _settle(requests: list[_Request]) -> None:
+    for request in requests:
+        if request.future.done():  # cancelled: the HTTP client went away
+            continue
+        if request.error is not None:
+            request.future.set_exception(request.error)
+        else:
+            request.future.set_result(request.result)

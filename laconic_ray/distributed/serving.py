@@ -29,7 +29,7 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -497,8 +497,22 @@ class ShardedSearcher:
     async def abatch_search(
         self, queries: Sequence[Any], k: int = 10, mode: str | None = None
     ) -> list[SearchResult]:
-        """``batch_search`` for asyncio callers (the HTTP front end): encoding and the shards' answers are
-        awaited on worker threads, never on the event loop."""
+        """``batch_search`` for asyncio callers (the HTTP front end). Vectors are checked on the event loop
+        (microseconds) and wait for their batch holding no thread (``MicroBatcher.asubmit``); texts are
+        encoded on a worker thread, never on the event loop."""
+        mode = mode or self.mode
+        check_search_args(k, mode)
+        if not queries:
+            return []
+        if any(isinstance(q, str) for q in queries):
+            rows = await self._off_loop(self._rows, queries)
+        else:
+            rows = self._rows(queries)
+        self.queries += len(queries)
+        return await self._batcher.asubmit(rows, int(k), mode)
+
+    async def _off_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on a worker thread, awaited."""
         import asyncio
 
         if self._executor is None:
@@ -507,9 +521,7 @@ class ShardedSearcher:
             with self._lock:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(128, thread_name_prefix="laconic-search")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.batch_search, queries, k, mode
-        )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def _search(
         self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, k: int, mode: str
@@ -758,6 +770,7 @@ class ShardedSearcher:
         self.actors, self._owned = [], []
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        self._batcher.close()
 
 
 def answered(ref: Any, ready: Sequence[Any]) -> bool:

@@ -188,3 +188,50 @@ def test_a_closed_loop_of_callers_keeps_its_batches_whole():
     for t in threads:
         t.join(60)
     assert sum(sizes) == 320 and len(sizes) <= 60, sizes  # ~40 batches of 8, not ~80 of 1 and 7
+
+
+def test_asyncio_callers_and_threads_share_batches_and_each_gets_its_own():
+    """asubmit (the HTTP front end): waiting coroutines hold no thread, a leader thread of the batcher runs
+    their batches and leads on for them; thread callers in the same batcher are served alongside; a bad
+    query fails only its own caller; a cancelled caller is skipped."""
+    import asyncio
+
+    def echo(indptr, indices, values, k, mode):
+        if np.any(values < 0):
+            raise QueryError("negative weight")
+        return [int(indices[indptr[i]]) for i in range(len(indptr) - 1)]
+
+    batcher = MicroBatcher(echo, lambda r, k: r, max_queries=8, max_inflight=2)
+    wrong: list = []
+
+    async def caller(t: int) -> None:
+        for j in range(100):
+            n = 1 + j % 3
+            got = await batcher.asubmit(rows(n, 1000 * t + 10 * j), 1, "exact")
+            if got != [1000 * t + 10 * j + i for i in range(n)]:
+                wrong.append((t, j, got))
+
+    def thread_caller(t: int) -> None:
+        for j in range(100):
+            if batcher.submit(rows(1, 1000 * t + 10 * j), 1, "exact") != [1000 * t + 10 * j]:
+                wrong.append((t, j))
+
+    async def main() -> None:
+        threads = [threading.Thread(target=thread_caller, args=(t,)) for t in (50, 51)]
+        for t in threads:
+            t.start()
+        await asyncio.gather(*(caller(t) for t in range(16)))
+        bad = [(np.array([0]), np.array([-1.0], np.float32))]
+        outcomes = await asyncio.gather(
+            batcher.asubmit(bad, 1, "exact"), batcher.asubmit(rows(1, 7), 1, "exact"), return_exceptions=True
+        )
+        assert isinstance(outcomes[0], QueryError) and outcomes[1] == [7]
+        gone = asyncio.ensure_future(batcher.asubmit(rows(1, 9), 1, "exact"))
+        gone.cancel()
+        assert await batcher.asubmit(rows(1, 8), 1, "exact") == [8]
+        for t in threads:
+            await asyncio.to_thread(t.join, 60)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    assert wrong == [] and batcher._inflight == 0 and not batcher._queue
+    assert batcher.batches < batcher.queries  # coroutines shared batches
