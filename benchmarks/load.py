@@ -100,12 +100,13 @@ def http_client(url: str, bodies_file: str, concurrency: int, seconds: float) ->
     import http.client
 
     bodies = Path(bodies_file).read_text().splitlines()
-    host, port = url.removeprefix("http://").split(":")
+    addresses = [u.removeprefix("http://").split(":") for u in url.split(",")]  # one per HTTP replica
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     stop = threading.Event()
 
     def run(slot: int, until: threading.Event, record: bool) -> None:
+        host, port = addresses[slot % len(addresses)]  # connections spread over the replicas
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
         i = slot * 997
         while not until.is_set():
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--threads-per-shard", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=None, help="batches out at once (default max(2, R))")
     parser.add_argument("--clients", default="python,http")
+    parser.add_argument("--http-replicas", type=int, default=1)
     parser.add_argument("--http-client", nargs=4, help=argparse.SUPPRESS)  # the HTTP load process
     args = parser.parse_args()
     if args.http_client:
@@ -221,6 +223,7 @@ def main() -> None:
                 f"replicas={replicas}",
                 "num_cpus_per_shard=0.5",
                 "http_cpus=0.5",
+                f"http_replicas={args.http_replicas}",
                 f"threads_per_shard={args.threads_per_shard}",
                 f"in_flight={'null' if args.in_flight is None else args.in_flight}",
                 "timeout_s=60",
@@ -237,7 +240,11 @@ def main() -> None:
                 print(json.dumps({layout: {f"python c={c}": cells[f"python c={c}"]}}), file=sys.stderr)
             if "http" in clients:
                 deploy(config, config.storage.options())
-                (url,) = replica_urls(config.name, "127.0.0.1")
+                deadline = time.monotonic() + 60  # every replica's own port, not only the first up
+                while len(urls := replica_urls(config.name, "127.0.0.1")) < args.http_replicas:
+                    assert time.monotonic() < deadline, f"{len(urls)} of {args.http_replicas} HTTP replicas"
+                    time.sleep(0.5)
+                url = ",".join(urls)
             for c in concurrency if "http" in clients else []:
                 cells[f"http c={c}"] = http_load(url, str(tmp / "bodies.jsonl"), c, args.seconds)
                 print(json.dumps({layout: {f"http c={c}": cells[f"http c={c}"]}}), file=sys.stderr)
