@@ -142,7 +142,7 @@ class ShardServer:
         weight = np.ones(1, np.float32)
         self.index.search(term, weight, 1)
         self.index.search_many(np.array([0, 1, 2]), np.repeat(term, 2), np.repeat(weight, 2), 1, 1)
-        self.index._queries, self.index._search_seconds = 0, 0.0  # stats count served queries only
+        self.index.reset_stats()  # stats count served queries only
 
     def stats(self) -> dict[str, Any]:
         return {

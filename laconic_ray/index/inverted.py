@@ -403,6 +403,10 @@ class InvertedIndex:
         self._search_seconds += time.perf_counter() - started
         return [self._result(scores[i], docs[i], int(counts[i])) for i in range(n_queries)]
 
+    def reset_stats(self) -> None:
+        """Start the query count and search time of :meth:`stats` again (e.g. after warming up)."""
+        self._queries, self._search_seconds = 0, 0.0
+
     def stats(self) -> dict[str, Any]:
         nbytes = int(sum(a.nbytes for a in self.arrays.values()))
         return {
