@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--gap", type=float, default=10.0, help="seconds between faults")
+    parser.add_argument(
+        "--threads-per-shard", type=int, default=1, help="2: shards search batches side by side"
+    )
     args = parser.parse_args()
 
     import ray
@@ -73,6 +76,7 @@ def main() -> None:
             f"port={port}",
             "max_restarts=5",
             "timeout_s=30",
+            f"threads_per_shard={args.threads_per_shard}",
         ],
     )
     searcher = searcher_from(config, name=config.name)
