@@ -443,22 +443,21 @@ class _Scratch:
     def single(self) -> tuple[np.ndarray, ...]:
         """``(bounds, entry tables, accumulators)`` for ``search``."""
         if self.one is None:
-            self.one = (
-                np.zeros(self.n_blocks),
-                np.zeros((self.n_blocks, kernels.MAX_TABLE_TERMS), dtype=np.int64),
-                np.zeros(self.n_slots),
-            )
+            self.one = self._tables()
         return self.one
 
     def chunked(self, n_chunks: int) -> tuple[np.ndarray, ...]:
         """The same with a row per chunk, for ``search_batch``."""
         if self.chunks is None or self.chunks[0].shape[0] < n_chunks:
-            self.chunks = (
-                np.zeros((n_chunks, self.n_blocks)),
-                np.zeros((n_chunks, self.n_blocks, kernels.MAX_TABLE_TERMS), dtype=np.int64),
-                np.zeros((n_chunks, self.n_slots)),
-            )
+            self.chunks = self._tables(n_chunks)
         return self.chunks
+
+    def _tables(self, *rows: int) -> tuple[np.ndarray, ...]:
+        return (
+            np.zeros((*rows, self.n_blocks)),
+            np.zeros((*rows, self.n_blocks, kernels.MAX_TABLE_TERMS), dtype=np.int64),
+            np.zeros((*rows, self.n_slots)),
+        )
 
     def stamps(self, n: int) -> int:
         """The first of ``n`` fresh stamps. Stamps live in the upper 32 bits of an int64 tag: before they
