@@ -174,13 +174,7 @@ class MicroBatcher:
 
     def submit(self, rows: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str) -> list:
         request = _Request(rows, int(k), mode)
-        with self._lock:
-            self._queue.append(request)
-            request.lead = self._inflight < self.max_inflight
-            if request.lead:
-                self._inflight += 1
-            else:
-                self._arrived.notify()
+        self._enqueue(request)
         while True:
             if request.lead:  # holding a slot (even if another leader answered us meanwhile): use or free it
                 self._lead(request)
@@ -191,11 +185,8 @@ class MicroBatcher:
             raise request.error
         return request.result  # type: ignore[return-value]
 
-    async def asubmit(self, rows: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str) -> list:
-        """``submit`` for asyncio callers (the HTTP front end): a waiting request holds no thread and is
-        answered on its event loop; one that takes a free slot leads on a thread of this batcher's own."""
-        loop = asyncio.get_running_loop()
-        request = _Request(rows, int(k), mode, future=loop.create_future())
+    def _enqueue(self, request: _Request) -> None:
+        """Queue ``request``; it takes a leader's slot if one is free, else a waiting leader hears of it."""
         with self._lock:
             self._queue.append(request)
             request.lead = self._inflight < self.max_inflight
@@ -203,6 +194,13 @@ class MicroBatcher:
                 self._inflight += 1
             else:
                 self._arrived.notify()
+
+    async def asubmit(self, rows: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str) -> list:
+        """``submit`` for asyncio callers (the HTTP front end): a waiting request holds no thread and is
+        answered on its event loop; one that takes a free slot leads on a thread of this batcher's own."""
+        loop = asyncio.get_running_loop()
+        request = _Request(rows, int(k), mode, future=loop.create_future())
+        self._enqueue(request)
         if request.lead:
             self._leaders().submit(self._lead, request)
         return await request.future
