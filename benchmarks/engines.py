@@ -69,6 +69,12 @@ SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
     ("laconic_ray alpha=0.5", "laconic_ray", {"mode": "approximate", "alpha": 0.5}),
     ("laconic_ray alpha=0.4", "laconic_ray", {"mode": "approximate", "alpha": 0.4}),
     ("laconic_ray alpha=0.3", "laconic_ray", {"mode": "approximate", "alpha": 0.3}),
+    # candidate search (documents from each query term's heaviest postings, scored exactly; for flat bounds)
+    ("laconic_ray candidates=100", "laconic_ray", {"candidates": 100}),
+    ("laconic_ray candidates=200", "laconic_ray", {"candidates": 200}),
+    ("laconic_ray candidates=400", "laconic_ray", {"candidates": 400}),
+    ("laconic_ray candidates=800", "laconic_ray", {"candidates": 800}),
+    ("laconic_ray candidates=400 head=256", "laconic_ray", {"candidates": 400, "head_postings": 256}),
     ("laconic_ray exact uint16", "laconic_ray", {"quantization": "uint16"}),
     ("laconic_ray exact, doc-id order", "laconic_ray", {"reorder": "none"}),
     ("seismic qc=3", "seismic", {"query_cut": 3, "heap_factor": 0.9}),

@@ -215,21 +215,28 @@ class TermAtATime:
 
 
 class LaconicRay:
-    """Our ``InvertedIndex``, behind the same interface (exact by default; ``mode``/``alpha``/``query_mass``)."""
+    """Our ``InvertedIndex``, behind the same interface (exact by default; ``mode``/``alpha``/``query_mass``,
+    ``candidates``/``head_postings`` for candidate search). With ``candidates``, ``index_bytes`` counts the
+    forward view and heads that candidate search derives and holds in memory."""
 
     name = "laconic_ray"
-    SEARCH_KNOBS: ClassVar[frozenset[str]] = frozenset({"mode", "alpha", "query_mass"})
+    SEARCH_KNOBS: ClassVar[frozenset[str]] = frozenset(
+        {"mode", "alpha", "query_mass", "candidates", "head_postings"}
+    )
 
     def __init__(
         self,
         mode: str = "exact",
         alpha: float | None = None,
         query_mass: float | None = None,
+        candidates: int | None = None,
+        head_postings: int = 1024,
         quantization: str = "uint8",
         block_size: int = 64,
         reorder: str = "bp",
     ) -> None:
         self.mode, self.alpha, self.query_mass = mode, alpha, query_mass
+        self.candidates, self.head_postings = candidates, head_postings
         self.quantization, self.block_size, self.reorder = quantization, block_size, reorder
         self._index: Any = None
 
@@ -239,6 +246,8 @@ class LaconicRay:
             "mode": self.mode,
             "alpha": self.alpha,
             "query_mass": self.query_mass,
+            "candidates": self.candidates,
+            "head_postings": self.head_postings,
             "quantization": self.quantization,
             "block_size": self.block_size,
             "reorder": self.reorder,
@@ -255,20 +264,26 @@ class LaconicRay:
             reorder=self.reorder,
         )
 
+    def _knobs(self) -> dict[str, Any]:
+        if self._index.head_postings != self.head_postings:
+            self._index.head_postings = self.head_postings
+        return {
+            "mode": self.mode,
+            "alpha": self.alpha,
+            "query_mass": self.query_mass,
+            "candidates": self.candidates,
+        }
+
     def search(self, q_indices: np.ndarray, q_values: np.ndarray, k: int) -> list[str]:
-        ids, _ = self._index.search(
-            q_indices, q_values, k, mode=self.mode, alpha=self.alpha, query_mass=self.query_mass
-        )
+        ids, _ = self._index.search(q_indices, q_values, k, **self._knobs())
         return ids
 
     def batch_search(self, queries: sp.csr_matrix, k: int, threads: int = 1) -> list[list[str]]:
-        results = self._index.batch_search(
-            queries, k, num_threads=threads, mode=self.mode, alpha=self.alpha, query_mass=self.query_mass
-        )
-        return [ids for ids, _ in results]
+        return [ids for ids, _ in self._index.batch_search(queries, k, num_threads=threads, **self._knobs())]
 
     def index_bytes(self) -> int:
-        return int(self._index.stats()["bytes"])
+        stats = self._index.stats()
+        return int(stats["bytes"] + (stats["candidate_view_bytes"] if self.candidates else 0))
 
 
 class Seismic:

@@ -22,6 +22,14 @@ Tuning knobs (the ranges that work on SPLADE-like vectors; see benchmarks/README
   at a time instead of block by block (0 = never; see kernels.search_one). Results do not depend on it.
 * ``query_mass`` (search, (0, 1], default 1): keep the largest query weights that make up this share of the
   query's total weight (the long tail of small expansion terms costs time and rarely changes the top 10).
+* ``candidates`` (search, int >= 0, default 0 = off): approximate search by documents instead of blocks, for
+  shards whose block bounds are flat (a head-heavy vocabulary such as BERT's, where block-max prunes little):
+  the ``candidates`` documents with the best partial scores over each query term's ``head_postings``
+  heaviest postings are scored exactly (Seismic's static pruning; kernels._search_candidates). Recall grows
+  with both; ``alpha`` does not apply. The first such search derives a forward view and the heads from the
+  shard's arrays (held in memory, ~3-6 bytes per posting plus ~5-12 per head posting, see ``stats()``);
+  ``prepare_candidates()`` does it ahead. Shards searched term at a time are searched exactly instead.
+* ``head_postings`` (attribute, default ``HEAD_POSTINGS`` = 1024): postings per term in the heads.
 """
 
 from __future__ import annotations
@@ -44,8 +52,8 @@ Result = tuple[list[str], np.ndarray]
 
 # Search modes: exact (alpha 1: provably the exhaustive top k) and the approximate default setting.
 MODES = {
-    "exact": {"alpha": 1.0, "query_mass": 1.0},
-    "approximate": {"alpha": 0.8, "query_mass": 1.0},
+    "exact": {"alpha": 1.0, "query_mass": 1.0, "candidates": 0},
+    "approximate": {"alpha": 0.8, "query_mass": 1.0, "candidates": 0},
 }
 
 
@@ -61,6 +69,7 @@ class InvertedIndex:
 
     ACCUMULATE_DOCS = 16_384
     SWITCH = 2.0
+    HEAD_POSTINGS = 1024
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: ShardMeta, source: str = "") -> None:
         self.arrays = arrays
@@ -74,6 +83,9 @@ class InvertedIndex:
         self._id_text: str | bytes | None = None
         self._id_bounds: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._kernel_args: tuple | None = None
+        self._head_postings = self.HEAD_POSTINGS
+        self._view: tuple[np.ndarray, ...] | None = None  # candidate search's forward view and heads
+        self._view_lock = threading.Lock()
         self._queries = 0
         self._search_seconds = 0.0
 
@@ -160,6 +172,18 @@ class InvertedIndex:
         self._kernel_args = None
 
     @property
+    def head_postings(self) -> int:
+        """Postings per term in the heads of candidate search (changing it derives the heads again)."""
+        return self._head_postings
+
+    @head_postings.setter
+    def head_postings(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"head_postings must be >= 1, got {value}")
+        with self._view_lock:
+            self._head_postings, self._view = int(value), None
+
+    @property
     def term_at_a_time(self) -> bool:
         return self.n_docs <= self._accumulate_docs
 
@@ -216,11 +240,13 @@ class InvertedIndex:
             raise QueryError(f"query weight {values[bad]} (term {int(indices[bad])}) is not finite and >= 0")
 
     @staticmethod
-    def _check(k: int, alpha: float) -> None:
+    def _check(k: int, alpha: float, candidates: int) -> None:
         if not isinstance(k, int | np.integer) or k <= 0:
             raise QueryError(f"k must be a positive integer, got {k!r}")
         if not 0 < alpha <= 1:
             raise QueryError(f"alpha must be in (0, 1] (1 = exact), got {alpha}")
+        if not isinstance(candidates, int | np.integer) or candidates < 0:
+            raise QueryError(f"candidates must be an integer >= 0 (0 = off), got {candidates!r}")
 
     def _raw(self) -> tuple:
         """The kernels' index arguments, as plain ndarray views: numba's dispatcher types an exact ndarray on
@@ -240,24 +266,77 @@ class InvertedIndex:
             self._kernel_args = (*arrays, post_abs)
         return self._kernel_args
 
+    def _view_dtypes(self) -> tuple[type, type]:
+        """(term id, impact) dtypes of the forward view: the narrowest that hold them."""
+        term = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+        impact = {"uint8": np.uint8, "uint16": np.uint16}.get(self.meta.quantization, np.float32)
+        return term, impact
+
+    def prepare_candidates(self) -> None:
+        """Derive candidate search's forward view and per-term heads now rather than on the first search
+        with ``candidates`` (one pass over the postings: ~1 s per 200k SPLADE-like documents)."""
+        self._candidate_view(1)
+
+    def _candidate_view(self, candidates: int) -> tuple[np.ndarray, ...]:
+        """The kernels' ``view`` argument: empty arrays (of the same types) unless ``candidates`` is used on a
+        block-max shard."""
+        term, impact = self._view_dtypes()
+        if not candidates or self.term_at_a_time:
+            empty = np.zeros(1, dtype=np.int64)
+            return (
+                empty,
+                np.zeros(0, term),
+                np.zeros(0, impact),
+                empty,
+                np.zeros(0, np.int32),
+                np.zeros(0, impact),
+            )
+        with self._view_lock:
+            if self._view is None:
+                term_ptr, entry_block, _, entry_post, post_doc, post_imp, _, _ = self._raw()
+                counts = kernels.doc_postings(
+                    entry_block, entry_post, post_doc, post_imp, self.meta.block_size, self.n_docs
+                )
+                fwd_ptr = np.concatenate([[0], np.cumsum(counts)])
+                per_term = np.diff(np.asarray(entry_post, dtype=np.int64)[np.asarray(term_ptr)])
+                head_ptr = np.concatenate([[0], np.cumsum(np.minimum(per_term, self._head_postings))])
+                view = (
+                    fwd_ptr,
+                    np.empty(fwd_ptr[-1], term),
+                    np.empty(fwd_ptr[-1], impact),
+                    head_ptr,
+                    np.empty(head_ptr[-1], np.int32),
+                    np.empty(head_ptr[-1], impact),
+                )
+                kernels.fill_candidate_view(
+                    term_ptr, entry_block, entry_post, post_doc, post_imp, self.meta.block_size, *view
+                )
+                self._view = view
+            return self._view
+
     def _scratch(self) -> _Scratch:
         """This thread's kernel scratch (made on its first search, kept between calls)."""
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
-            scratch = self._local.scratch = _Scratch(self.n_blocks, self.n_blocks * self.meta.block_size)
+            scratch = self._local.scratch = _Scratch(
+                self.n_blocks, self.n_blocks * self.meta.block_size, self.vocab_size
+            )
         return scratch
 
     def _result(self, scores: np.ndarray, docs: np.ndarray, n: int) -> Result:
         return self._lookup_ids(docs[:n]), scores[:n] * self.meta.scale
 
-    def _settings(self, mode: str, alpha: float | None, query_mass: float | None) -> tuple[float, float]:
+    def _settings(
+        self, k: int, mode: str, alpha: float | None, query_mass: float | None, candidates: int | None
+    ) -> tuple[float, float, int]:
+        """``(alpha, query_mass, candidates)``: ``mode``'s defaults where not given, checked with ``k``."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
         defaults = MODES[mode]
-        return (
-            defaults["alpha"] if alpha is None else alpha,
-            defaults["query_mass"] if query_mass is None else query_mass,
-        )
+        alpha = defaults["alpha"] if alpha is None else alpha
+        candidates = defaults["candidates"] if candidates is None else candidates
+        self._check(k, alpha, candidates)
+        return alpha, defaults["query_mass"] if query_mass is None else query_mass, int(candidates)
 
     def search(
         self,
@@ -268,12 +347,12 @@ class InvertedIndex:
         mode: str = "exact",
         alpha: float | None = None,
         query_mass: float | None = None,
+        candidates: int | None = None,
     ) -> Result:
         """Top-``k`` ``(doc_ids, scores)`` best first; ties broken by doc id. Fewer when fewer documents match;
         an empty query matches nothing. ``mode="approximate"`` uses the documented defaults of ``MODES``;
-        ``alpha``/``query_mass`` override either mode's values."""
-        alpha, query_mass = self._settings(mode, alpha, query_mass)
-        self._check(k, alpha)
+        ``alpha``/``query_mass``/``candidates`` override either mode's values."""
+        alpha, query_mass, candidates = self._settings(k, mode, alpha, query_mass, candidates)
         indices, values = self._query_arrays(q_indices, q_values, query_mass)
         started = time.perf_counter()
         scratch = self._scratch()
@@ -287,6 +366,7 @@ class InvertedIndex:
             self.meta.scale,
             k_eff,
             float(alpha),
+            candidates,
             *self._raw(),
             self.n_docs,
             self.meta.block_size,
@@ -294,6 +374,8 @@ class InvertedIndex:
             self.switch,
             *scratch.single(),
             scratch.stamps(1),
+            self._candidate_view(candidates),
+            scratch.query_vector(candidates),
             scores,
             docs,
         )
@@ -311,6 +393,7 @@ class InvertedIndex:
         mode: str = "exact",
         alpha: float | None = None,
         query_mass: float | None = None,
+        candidates: int | None = None,
     ) -> list[Result]:
         """Search every row of ``q_csr``; ``num_threads`` parallel workers (default: all cores numba sees)."""
         q_csr = sp.csr_matrix(q_csr)
@@ -327,6 +410,7 @@ class InvertedIndex:
             mode=mode,
             alpha=alpha,
             query_mass=query_mass,
+            candidates=candidates,
         )
 
     def search_many(
@@ -340,13 +424,13 @@ class InvertedIndex:
         mode: str = "exact",
         alpha: float | None = None,
         query_mass: float | None = None,
+        candidates: int | None = None,
     ) -> list[Result]:
         """``batch_search`` of queries given as CSR arrays (row ``i`` is ``indices/values[indptr[i]:indptr[i+1]]``),
         without building a matrix: what a shard actor receives over the wire."""
         import numba
 
-        alpha, query_mass = self._settings(mode, alpha, query_mass)
-        self._check(k, alpha)
+        alpha, query_mass, candidates = self._settings(k, mode, alpha, query_mass, candidates)
         indptr = np.asarray(indptr, dtype=np.int64)
         indices = np.asarray(indices, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
@@ -385,6 +469,7 @@ class InvertedIndex:
                 weights,
                 k_eff,
                 float(alpha),
+                candidates,
                 *self._raw(),
                 self.n_docs,
                 self.meta.block_size,
@@ -393,6 +478,8 @@ class InvertedIndex:
                 n_chunks,
                 *scratch.chunked(n_chunks),
                 scratch.stamps(n_queries),
+                self._candidate_view(candidates),
+                scratch.query_vectors(candidates, n_chunks),
                 scores,
                 docs,
                 counts,
@@ -422,6 +509,8 @@ class InvertedIndex:
             "bytes": nbytes,
             "bytes_per_doc": nbytes / max(self.n_docs, 1),
             "mean_doc_nnz": float(self.arrays["doc_len"].mean()) if self.n_docs else 0.0,
+            # candidate search's derived forward view and heads, held in memory once used (0 before)
+            "candidate_view_bytes": int(sum(a.nbytes for a in self._view)) if self._view else 0,
             "queries": self._queries,
             "mean_search_ms": 1000 * self._search_seconds / max(self._queries, 1),
             "source": self.source,
@@ -434,10 +523,11 @@ class _Scratch:
     between queries (stamps mark a table row as the current query's). Zeroing fresh tables per call cost
     ~0.5 ms on a 200k-document shard, more than a small batch's search."""
 
-    def __init__(self, n_blocks: int, n_slots: int) -> None:
-        self.n_blocks, self.n_slots = n_blocks, n_slots
+    def __init__(self, n_blocks: int, n_slots: int, vocab_size: int) -> None:
+        self.n_blocks, self.n_slots, self.vocab_size = n_blocks, n_slots, vocab_size
         self.one: tuple[np.ndarray, ...] | None = None
         self.chunks: tuple[np.ndarray, ...] | None = None
+        self.qv: np.ndarray = np.zeros((1, 0))  # candidate search's dense query vectors, a row per chunk
         self.stamp = 0  # the last stamp handed out
 
     def single(self) -> tuple[np.ndarray, ...]:
@@ -451,6 +541,18 @@ class _Scratch:
         if self.chunks is None or self.chunks[0].shape[0] < n_chunks:
             self.chunks = self._tables(n_chunks)
         return self.chunks
+
+    def query_vectors(self, candidates: int, n_chunks: int) -> np.ndarray:
+        """``n_chunks`` zero [vocab] rows for candidate search (kept zero by the kernel), or empty rows when
+        it is not used."""
+        if not candidates:
+            return np.zeros((n_chunks, 0))
+        if self.qv.shape[0] < n_chunks or self.qv.shape[1] != self.vocab_size:
+            self.qv = np.zeros((max(n_chunks, self.qv.shape[0]), self.vocab_size))
+        return self.qv
+
+    def query_vector(self, candidates: int) -> np.ndarray:
+        return self.query_vectors(candidates, 1)[0]
 
     def _tables(self, *rows: int) -> tuple[np.ndarray, ...]:
         return (

@@ -134,6 +134,7 @@ def search_one(
     q_weights,
     k,
     alpha,
+    candidates,
     term_ptr,
     entry_block,
     entry_max,
@@ -150,6 +151,8 @@ def search_one(
     table,
     taat_acc,
     stamp,
+    view,
+    qv,
     out_scores,
     out_docs,
 ):
@@ -181,6 +184,9 @@ def search_one(
     Measured on issue 24's head-heavy regime: 1.49x the block-by-block rounds, 1.7x the naive kernel; on
     regimes with spiky bounds nothing changes (benchmarks/README.md). Both paths sum the same float64
     products, so the results are identical.
+
+    ``candidates`` > 0 searches the shard's candidate ``view`` instead (``_search_candidates``, approximate;
+    ``qv``: [vocab] float64 scratch, all zero between queries); a shard searched term at a time ignores it.
     """
     if n_docs <= accumulate_docs:
         return _search_accumulate(
@@ -196,6 +202,10 @@ def search_one(
             n_docs,
             out_scores,
             out_docs,
+        )
+    if candidates > 0:
+        return _search_candidates(
+            q_terms, q_weights, k, candidates, doc_rank, view, taat_acc, qv, out_scores, out_docs
         )
     n_blocks = ub.shape[0]
     nq = q_terms.shape[0]
@@ -458,6 +468,141 @@ def flat_postings(entry_block, entry_post, post_doc, post_imp, block_size, n_doc
     return (block + offset).astype(np.uint16 if n_docs <= 1 << 16 else np.uint32)
 
 
+# ------------------------------------------------------------------------------------------------------
+# Candidate search (Seismic's idea, issue 24): where block bounds are flat (frequent ids in most blocks), no
+# bound prunes, so an approximate search must choose documents, not blocks. Each term's ``head`` is its
+# heaviest postings; the documents with the best partial scores over the query terms' heads are the
+# candidates, scored exactly through a forward view (each document's terms and impacts). Both are derived
+# from the inverted arrays on first use (``candidate_view``), not stored: the shard format is unchanged.
+
+
+@nb.njit(cache=True, nogil=True)
+def doc_postings(entry_block, entry_post, post_doc, post_imp, block_size, n_docs):
+    """How many postings each internal document has (the forward view's row lengths)."""
+    counts = np.zeros(n_docs, dtype=np.int64)
+    for e in range(entry_block.shape[0]):
+        base = np.int64(entry_block[e]) * block_size
+        for p in range(entry_post[e], entry_post[e + 1]):
+            off, _ = _posting(post_doc, post_imp, p)
+            counts[base + off] += 1
+    return counts
+
+
+@nb.njit(cache=True, nogil=True)
+def fill_candidate_view(
+    term_ptr,
+    entry_block,
+    entry_post,
+    post_doc,
+    post_imp,
+    block_size,
+    fwd_ptr,
+    fwd_term,
+    fwd_imp,
+    head_ptr,
+    head_doc,
+    head_imp,
+):
+    """Fill the forward view (``fwd_term``/``fwd_imp`` of document ``d`` at ``fwd_ptr[d]:fwd_ptr[d + 1]``,
+    terms ascending) and each term's head (``head_doc``/``head_imp`` at ``head_ptr[t]:head_ptr[t + 1]``:
+    its ``head_ptr[t + 1] - head_ptr[t]`` heaviest postings in document order; ties at the threshold go to
+    the lower internal numbers). One pass over the postings, term by term."""
+    fill = fwd_ptr[:-1].copy()
+    longest = 0
+    for t in range(term_ptr.shape[0] - 1):
+        longest = max(longest, np.int64(entry_post[term_ptr[t + 1]]) - np.int64(entry_post[term_ptr[t]]))
+    buf = np.empty(longest, dtype=np.float64)
+    for t in range(term_ptr.shape[0] - 1):
+        e0, e1 = term_ptr[t], term_ptr[t + 1]
+        n = np.int64(entry_post[e1]) - np.int64(entry_post[e0])
+        keep = head_ptr[t + 1] - head_ptr[t]
+        j = 0
+        for e in range(e0, e1):
+            base = np.int64(entry_block[e]) * block_size
+            for p in range(entry_post[e], entry_post[e + 1]):
+                off, imp = _posting(post_doc, post_imp, p)
+                d = base + off
+                fwd_term[fill[d]] = t
+                fwd_imp[fill[d]] = imp
+                fill[d] += 1
+                buf[j] = imp
+                j += 1
+        if keep == 0:
+            continue
+        # the keep-th largest impact; postings above it all go in, postings equal to it while room is left
+        tau = np.partition(buf[:n], n - keep)[n - keep] if keep < n else -np.inf
+        room = keep
+        for j in range(n):
+            if buf[j] > tau:
+                room -= 1
+        out = head_ptr[t]
+        for e in range(e0, e1):
+            base = np.int64(entry_block[e]) * block_size
+            for p in range(entry_post[e], entry_post[e + 1]):
+                off, imp = _posting(post_doc, post_imp, p)
+                if imp > tau or (imp == tau and room > 0):
+                    if not imp > tau:
+                        room -= 1
+                    head_doc[out] = base + off
+                    head_imp[out] = imp
+                    out += 1
+
+
+@nb.njit(cache=True)
+def _search_candidates(q_terms, q_weights, k, candidates, doc_rank, view, acc, qv, out_scores, out_docs):
+    """Approximate top-``k``: (1) partial scores ``sum q_w * impact`` over the query terms' heads, into
+    ``acc`` (one slot per internal document, zero on entry and on return); (2) the ``max(candidates, k)``
+    documents with the best partial scores; (3) their exact scores through the forward view against the query as a
+    dense vector ``qv`` (zero on entry and on return), the same float64 sums as the inverted path, in
+    document order (forward rows read front to back). A document in no head of a query term is never found:
+    that is the approximation, as in Seismic's static pruning."""
+    fwd_ptr, fwd_term, fwd_imp, head_ptr, head_doc, head_imp = view
+    nq = q_terms.shape[0]
+    reach = 0
+    for i in range(nq):
+        t = q_terms[i]
+        qv[t] = q_weights[i]
+        reach += head_ptr[t + 1] - head_ptr[t]
+    touched = np.empty(reach, dtype=np.int64)
+    m = 0
+    for i in range(nq):
+        t = q_terms[i]
+        w = q_weights[i]
+        for p in range(head_ptr[t], head_ptr[t + 1]):
+            d = head_doc[p]
+            if acc[d] == 0.0:
+                touched[m] = d
+                m += 1
+            acc[d] += w * head_imp[p]
+    c = max(candidates, k)
+    cs = np.empty(c, dtype=np.float64)
+    ci = np.empty(c, dtype=np.int64)
+    nc = 0
+    for j in range(m):
+        d = touched[j]
+        s = acc[d]
+        acc[d] = 0.0
+        if nc < c or s > cs[0]:
+            nc = _offer(cs, ci, nc, c, s, d)
+    chosen = np.sort(ci[:nc])
+    hs = np.empty(k, dtype=np.float64)
+    hi = np.empty(k, dtype=np.int64)
+    n = 0
+    ranked = doc_rank.shape[0] > 0
+    for j in range(nc):
+        d = chosen[j]
+        s = 0.0
+        for p in range(fwd_ptr[d], fwd_ptr[d + 1]):
+            s += qv[fwd_term[p]] * fwd_imp[p]
+        if n < k or s >= hs[0]:
+            r = np.int64(doc_rank[d]) if ranked else d
+            if n < k or s > hs[0] or r < hi[0]:
+                n = _offer(hs, hi, n, k, s, r)
+    for i in range(nq):
+        qv[q_terms[i]] = 0.0
+    return _drain(hs, hi, n, out_scores, out_docs)
+
+
 @nb.njit(cache=True, parallel=True, nogil=True)
 def search_batch(
     q_ptr,
@@ -465,6 +610,7 @@ def search_batch(
     q_weights,
     k,
     alpha,
+    candidates,
     term_ptr,
     entry_block,
     entry_max,
@@ -482,6 +628,8 @@ def search_batch(
     tables,
     taat_accs,
     stamp0,
+    view,
+    qvs,
     out_scores,
     out_docs,
     out_counts,
@@ -504,6 +652,7 @@ def search_batch(
                 q_weights[lo:hi],
                 k,
                 alpha,
+                candidates,
                 term_ptr,
                 entry_block,
                 entry_max,
@@ -520,6 +669,8 @@ def search_batch(
                 table,
                 taat_acc,
                 stamp0 + qi,
+                view,
+                qvs[c],
                 out_scores[qi],
                 out_docs[qi],
             )
@@ -637,6 +788,7 @@ def search_query(
     scale,
     k,
     alpha,
+    candidates,
     term_ptr,
     entry_block,
     entry_max,
@@ -653,6 +805,8 @@ def search_query(
     table,
     taat_acc,
     stamp,
+    view,
+    qv,
     out_scores,
     out_docs,
 ):
@@ -669,6 +823,7 @@ def search_query(
         weights,
         k,
         alpha,
+        candidates,
         term_ptr,
         entry_block,
         entry_max,
@@ -685,6 +840,8 @@ def search_query(
         table,
         taat_acc,
         stamp,
+        view,
+        qv,
         out_scores,
         out_docs,
     )

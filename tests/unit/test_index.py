@@ -126,6 +126,55 @@ def test_exact_equals_exhaustive_where_bounds_prune_weakly(quantization):
             assert np.mean(recalls) >= (0.95 if alpha == 0.9 else 0.7), (path, alpha)
 
 
+@pytest.mark.parametrize("quantization", ["uint8", "uint16", "float32"])
+def test_candidate_search_with_whole_heads_is_exact_and_recall_grows_with_its_knobs(quantization):
+    """Candidate search (documents from the query terms' heaviest postings, scored through the forward view):
+    with heads holding every posting and room for every document it is the exhaustive top k, scores and
+    ties included; smaller heads and fewer candidates trade recall; single and batch search agree."""
+    docs, queries = head_heavy_vectors(6000, 30, seed=3)
+    ids = [f"h{i:05d}" for i in np.random.default_rng(4).permutation(docs.shape[0])]
+    index = InvertedIndex.build(docs, ids, quantization=quantization, block_size=32)
+    index.accumulate_docs = (
+        0  # a shard this small would be searched term at a time (exact, candidates unused)
+    )
+    assert index.stats()["candidate_view_bytes"] == 0
+    index.head_postings = docs.shape[0]
+    batch = index.batch_search(queries, 20, num_threads=2, candidates=docs.shape[0])
+    for qi in range(queries.shape[0]):
+        got_ids, got_scores = index.search(
+            queries[qi].indices, queries[qi].data, 20, candidates=docs.shape[0]
+        )
+        exp_ids, exp_scores = exhaustive(index, docs, ids, queries[qi], 20)
+        assert got_ids == exp_ids == batch[qi][0], qi
+        if quantization == "float32":
+            np.testing.assert_allclose(got_scores, exp_scores, rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(got_scores, exp_scores)
+    # forward view: every posting once (term id and impact); heads: every posting of every term
+    assert index.stats()["candidate_view_bytes"] > docs.nnz * 2
+
+    def recall(head: int, candidates: int) -> float:
+        index.head_postings = head
+        found = index.batch_search(queries, 10, num_threads=2, candidates=candidates)
+        assert [r[0] for r in found] == [
+            index.search(q.indices, q.data, 10, candidates=candidates)[0] for q in queries
+        ]
+        truth = [exhaustive(index, docs, ids, q, 10)[0] for q in queries]
+        return float(np.mean([len(set(f[0]) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+
+    small, large = recall(100, 30), recall(1000, 300)
+    assert 0.3 < small < large, (small, large)
+    assert large >= 0.95
+    # a shard searched term at a time ignores candidates: exact, and no view derived
+    exact_index = InvertedIndex.build(docs, ids, quantization=quantization, block_size=32)
+    q = queries[0]
+    assert (
+        exact_index.search(q.indices, q.data, 10, candidates=5)[0]
+        == exhaustive(exact_index, docs, ids, q, 10)[0]
+    )
+    assert exact_index.stats()["candidate_view_bytes"] == 0
+
+
 def test_float32_exact_matches_exhaustive(random_setup):
     docs, ids, queries = random_setup
     index = InvertedIndex.build(docs, ids, quantization="float32")
@@ -340,6 +389,11 @@ def test_query_errors(random_setup):
         index.search([1, 2], [1.0])
     with pytest.raises(QueryError, match="alpha"):
         index.search([1], [1.0], alpha=1.5)
+    for bad in (-1, 2.5, "many"):
+        with pytest.raises(QueryError, match="candidates must be an integer >= 0"):
+            index.search([1], [1.0], candidates=bad)
+    with pytest.raises(ValueError, match="head_postings must be >= 1"):
+        index.head_postings = 0
     with pytest.raises(QueryError, match="term id 3000"):
         index.batch_search(sp.csr_matrix(([1.0], ([0], [3000])), shape=(1, 4000)))
     # empty queries, zero weights, duplicates
