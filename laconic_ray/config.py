@@ -23,6 +23,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from laconic_ray.storage import StorageOptions
 
+# index search modes (laconic_ray/index/inverted.py MODES): exact; approximate (block-max, alpha 0.8);
+# candidates (documents from each query term's heaviest postings, for flat block bounds)
+SEARCH_MODES = ("exact", "approximate", "candidates")
+
 T = TypeVar("T")
 BASE_KEY = "_base_"
 
@@ -744,7 +748,7 @@ class ServeConfig:
     max_restarts: int = 3  # a killed shard actor comes back this many times (and reloads its shard)
     timeout_s: float = 10.0  # per shard call, before it is retried
     retries: int = 2  # extra attempts per shard before the response is marked partial
-    mode: str = "exact"  # exact | approximate
+    mode: str = "exact"  # exact | approximate | candidates (see SEARCH_MODES)
     host: str = "127.0.0.1"  # HTTP binds here; set 0.0.0.0 deliberately to expose it
     port: int = 8000
     http_replicas: int = 1
@@ -790,7 +794,7 @@ class ServeConfig:
         check(self.num_cpus_per_shard > 0, "num_cpus_per_shard", "must be > 0")
         check(self.max_restarts >= 0 and self.retries >= 0, "max_restarts", "must be >= 0")
         check(self.timeout_s > 0, "timeout_s", "must be > 0")
-        check(self.mode in ("exact", "approximate"), "mode", "must be exact or approximate")
+        check(self.mode in SEARCH_MODES, "mode", f"must be one of {SEARCH_MODES}")
         check(0 < self.port < 65536, "port", "must be a TCP port")
         check(
             self.max_k > 0 and self.max_batch > 0 and self.max_query_chars > 0, "max_k", "limits must be > 0"
@@ -862,7 +866,7 @@ class EvalConfig:
             check(bool(self.model) or bool(self.service), "model", "give the checkpoint that encodes queries")
         check(self.retriever != "run" or bool(self.run), "run", "retriever=run needs run=<trec file>")
         check(self.k >= 100, "k", "must be >= 100 (Recall@100)")
-        check(self.mode in ("exact", "approximate"), "mode", "must be exact or approximate")
+        check(self.mode in SEARCH_MODES, "mode", f"must be one of {SEARCH_MODES}")
 
 
 @dataclasses.dataclass

@@ -77,11 +77,12 @@ class ShardServer:
         options: StorageOptions | None = None,
         verify: bool = True,
         expect_sha256: str | None = None,
+        mode: str = "exact",
     ) -> None:
         self.shard = shard
         self.index = InvertedIndex.load(uri, verify=verify, options=options, expect_sha256=expect_sha256)
         self._identity = {"uri": uri, "shard": shard, "sha256": expect_sha256}
-        self._warm()
+        self._warm(mode)
         self.started = time.time()
         # channel requests run on their connections' threads, actor calls on the main one; searches run side
         # by side (each thread has its own scratch), at most `num_threads` threads between them
@@ -133,15 +134,16 @@ class ShardServer:
             self.overlap_peak = max(self.overlap_peak, self._batches_now)
             return threads
 
-    def _warm(self) -> None:
+    def _warm(self, mode: str) -> None:
         """Load the compiled kernels of both search paths before the first query (~0.3 s from numba's cache
-        on a fresh process: otherwise the first queries after a start or restart pay it)."""
+        on a fresh process: otherwise the first queries after a start or restart pay it), in the service's
+        ``mode``: candidate search also derives its forward view here (~1 s per 200k documents)."""
         if self.index.n_docs == 0:
             return
         term = np.array([int(np.argmax(np.diff(self.index.arrays["term_ptr"])))], np.int64)
         weight = np.ones(1, np.float32)
-        self.index.search(term, weight, 1)
-        self.index.search_many(np.array([0, 1, 2]), np.repeat(term, 2), np.repeat(weight, 2), 1, 1)
+        self.index.search(term, weight, 1, mode=mode)
+        self.index.search_many(np.array([0, 1, 2]), np.repeat(term, 2), np.repeat(weight, 2), 1, 1, mode=mode)
         self.index.reset_stats()  # stats count served queries only
 
     def stats(self) -> dict[str, Any]:
@@ -255,6 +257,7 @@ class ShardedSearcher:
         self.manifest_sha256 = manifest_digest(self.manifest)
         self.vocab_size = int(self.manifest.metadata["vocab_size"])
         self.num_shards = len(self.manifest.files)
+        check_search_args(1, mode)  # before any actor starts (each warms up in this mode)
         self.replicas, self.timeout_s, self.retries, self.mode = replicas, timeout_s, retries, mode
         self.max_restarts, self.startup_timeout_s = max_restarts, startup_timeout_s
         self.threads_per_shard = threads_per_shard
@@ -381,7 +384,7 @@ class ShardedSearcher:
             except ValueError:
                 pass
         actor = ShardActor.options(**opts).remote(
-            identity["uri"], shard, self.options, verify, identity["sha256"]
+            identity["uri"], shard, self.options, verify, identity["sha256"], self.mode
         )
         self._owned.append(actor)
         return actor

@@ -50,10 +50,13 @@ from laconic_ray.storage import StorageOptions
 
 Result = tuple[list[str], np.ndarray]
 
-# Search modes: exact (alpha 1: provably the exhaustive top k) and the approximate default setting.
+# Search modes: exact (alpha 1: provably the exhaustive top k), the approximate default setting (block-max with
+# alpha < 1), and candidate search (for shards whose block bounds are flat; recall ~0.95 on issue 24's
+# head-heavy regime, benchmarks/README.md). config.SEARCH_MODES names the same three.
 MODES = {
     "exact": {"alpha": 1.0, "query_mass": 1.0, "candidates": 0},
     "approximate": {"alpha": 0.8, "query_mass": 1.0, "candidates": 0},
+    "candidates": {"alpha": 1.0, "query_mass": 1.0, "candidates": 200},
 }
 
 

@@ -198,3 +198,15 @@ def test_serve_batching_knobs_are_checked():
             load_config(ServeConfig, "conf/serve.yaml", ["index=x", bad])
     with pytest.raises(ConfigError, match="in_flight"):
         load_config(ServeConfig, "conf/serve.yaml", ["index=x", "in_flight=many"])
+
+
+def test_search_modes_are_the_index_modes():
+    from laconic_ray.config import SEARCH_MODES, EvalConfig, ServeConfig
+    from laconic_ray.index.inverted import MODES
+
+    assert tuple(MODES) == SEARCH_MODES
+    assert load_config(ServeConfig, "conf/serve.yaml", ["index=x", "mode=candidates"]).mode == "candidates"
+    with pytest.raises(ConfigError, match=r"mode: must be one of \('exact', 'approximate', 'candidates'\)"):
+        load_config(ServeConfig, "conf/serve.yaml", ["index=x", "mode=fast"])
+    with pytest.raises(ConfigError, match="mode: must be one of"):
+        load_config(EvalConfig, "conf/eval.yaml", ["index=x", "model=m", "dataset=d", "mode=fast"])

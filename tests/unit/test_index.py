@@ -175,6 +175,22 @@ def test_candidate_search_with_whole_heads_is_exact_and_recall_grows_with_its_kn
     assert exact_index.stats()["candidate_view_bytes"] == 0
 
 
+def test_a_shard_server_in_candidates_mode_derives_its_view_before_the_first_query(tmp_path):
+    from laconic_ray.distributed.serving import ShardServer
+
+    docs, queries = head_heavy_vectors(InvertedIndex.ACCUMULATE_DOCS + 3000, 8, seed=5)
+    ids = [f"h{i:05d}" for i in range(docs.shape[0])]
+    index = InvertedIndex.build(docs, ids, reorder="none")
+    index.save(str(tmp_path / "shard"))
+    server = ShardServer(str(tmp_path / "shard"), 0, mode="candidates")
+    assert server.index.stats()["candidate_view_bytes"] > 0 and server.index.stats()["queries"] == 0
+    q = sp.csr_matrix(queries)
+    answers = server.batch_search(q.indptr, q.indices, q.data, docs.shape[1], 10, "candidates", 2)
+    for qi, (got_ids, got_scores) in enumerate(answers):
+        ids_, scores_ = index.search(queries[qi].indices, queries[qi].data, 10, mode="candidates")
+        assert got_ids == ids_ and got_scores == scores_.tolist()
+
+
 def test_float32_exact_matches_exhaustive(random_setup):
     docs, ids, queries = random_setup
     index = InvertedIndex.build(docs, ids, quantization="float32")
