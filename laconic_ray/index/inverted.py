@@ -27,7 +27,7 @@ Tuning knobs (the ranges that work on SPLADE-like vectors; see benchmarks/README
   the ``candidates`` documents with the best partial scores over each query term's ``head_postings``
   heaviest postings are scored exactly (Seismic's static pruning; kernels._search_candidates). Recall grows
   with both; ``alpha`` does not apply. The first such search derives a forward view and the heads from the
-  shard's arrays (held in memory, ~3-6 bytes per posting plus ~5-12 per head posting, see ``stats()``);
+  shard's arrays (held in memory: 3-8 bytes per posting plus 5-8 per head posting, see ``stats()``);
   ``prepare_candidates()`` does it ahead. Shards searched term at a time are searched exactly instead.
 * ``head_postings`` (attribute, default ``HEAD_POSTINGS`` = 1024): postings per term in the heads.
 """
@@ -49,6 +49,8 @@ from laconic_ray.index.layout import ShardMeta, load_shard, save_shard
 from laconic_ray.storage import StorageOptions
 
 Result = tuple[list[str], np.ndarray]
+DOC_RANK = 6  # position of doc_rank in InvertedIndex._raw()
+ACCUMULATORS = 2  # position of the per-document accumulators in _Scratch tables
 
 # Search modes: exact (alpha 1: provably the exhaustive top k), the approximate default setting (block-max with
 # alpha < 1), and candidate search (for shards whose block bounds are flat; recall ~0.95 on issue 24's
@@ -278,24 +280,14 @@ class InvertedIndex:
     def prepare_candidates(self) -> None:
         """Derive candidate search's forward view and per-term heads now rather than on the first search
         with ``candidates`` (one pass over the postings: ~1 s per 200k SPLADE-like documents)."""
-        self._candidate_view(1)
+        if not self.term_at_a_time:
+            self._candidate_view()
 
-    def _candidate_view(self, candidates: int) -> tuple[np.ndarray, ...]:
-        """The kernels' ``view`` argument: empty arrays (of the same types) unless ``candidates`` is used on a
-        block-max shard."""
-        term, impact = self._view_dtypes()
-        if not candidates or self.term_at_a_time:
-            empty = np.zeros(1, dtype=np.int64)
-            return (
-                empty,
-                np.zeros(0, term),
-                np.zeros(0, impact),
-                empty,
-                np.zeros(0, np.int32),
-                np.zeros(0, impact),
-            )
+    def _candidate_view(self) -> tuple[np.ndarray, ...]:
+        """Candidate search's ``(fwd_ptr, fwd_term, fwd_imp, head_ptr, head_doc, head_imp)``, derived once."""
         with self._view_lock:
             if self._view is None:
+                term, impact = self._view_dtypes()
                 term_ptr, entry_block, _, entry_post, post_doc, post_imp, _, _ = self._raw()
                 counts = kernels.doc_postings(
                     entry_block, entry_post, post_doc, post_imp, self.meta.block_size, self.n_docs
@@ -361,27 +353,41 @@ class InvertedIndex:
         scratch = self._scratch()
         k_eff = min(int(k), max(self.n_docs, 1))
         scores, docs = np.empty(k_eff), np.empty(k_eff, dtype=np.int64)
-        n, error, bad = kernels.search_query(  # prepare_query + search_one in one call, scores scaled
-            indices,
-            values,
-            self.vocab_size,
-            float(query_mass),
-            self.meta.scale,
-            k_eff,
-            float(alpha),
-            candidates,
-            *self._raw(),
-            self.n_docs,
-            self.meta.block_size,
-            self.accumulate_docs,
-            self.switch,
-            *scratch.single(),
-            scratch.stamps(1),
-            self._candidate_view(candidates),
-            scratch.query_vector(candidates),
-            scores,
-            docs,
-        )
+        if candidates and not self.term_at_a_time:
+            n, error, bad = kernels.candidates_query(  # prepare_query + _search_candidates, scores scaled
+                indices,
+                values,
+                self.vocab_size,
+                float(query_mass),
+                self.meta.scale,
+                k_eff,
+                candidates,
+                self._raw()[DOC_RANK],
+                *self._candidate_view(),
+                scratch.single()[ACCUMULATORS],
+                scratch.query_vectors(1)[0],
+                scores,
+                docs,
+            )
+        else:
+            n, error, bad = kernels.search_query(  # prepare_query + search_one in one call, scores scaled
+                indices,
+                values,
+                self.vocab_size,
+                float(query_mass),
+                self.meta.scale,
+                k_eff,
+                float(alpha),
+                *self._raw(),
+                self.n_docs,
+                self.meta.block_size,
+                self.accumulate_docs,
+                self.switch,
+                *scratch.single(),
+                scratch.stamps(1),
+                scores,
+                docs,
+            )
         self._raise_query_error(error, bad, indices, values)
         self._queries += 1
         self._search_seconds += time.perf_counter() - started
@@ -466,27 +472,41 @@ class InvertedIndex:
         scratch = self._scratch()
         try:
             n_chunks = 1 if threads == 1 else max(1, min(n_queries, threads * 4))
-            kernels.search_batch(
-                ptr,
-                terms,
-                weights,
-                k_eff,
-                float(alpha),
-                candidates,
-                *self._raw(),
-                self.n_docs,
-                self.meta.block_size,
-                self.accumulate_docs,
-                self.switch,
-                n_chunks,
-                *scratch.chunked(n_chunks),
-                scratch.stamps(n_queries),
-                self._candidate_view(candidates),
-                scratch.query_vectors(candidates, n_chunks),
-                scores,
-                docs,
-                counts,
-            )
+            if candidates and not self.term_at_a_time:
+                kernels.candidates_batch(
+                    ptr,
+                    terms,
+                    weights,
+                    k_eff,
+                    candidates,
+                    self._raw()[DOC_RANK],
+                    *self._candidate_view(),
+                    n_chunks,
+                    scratch.chunked(n_chunks)[ACCUMULATORS],
+                    scratch.query_vectors(n_chunks),
+                    scores,
+                    docs,
+                    counts,
+                )
+            else:
+                kernels.search_batch(
+                    ptr,
+                    terms,
+                    weights,
+                    k_eff,
+                    float(alpha),
+                    *self._raw(),
+                    self.n_docs,
+                    self.meta.block_size,
+                    self.accumulate_docs,
+                    self.switch,
+                    n_chunks,
+                    *scratch.chunked(n_chunks),
+                    scratch.stamps(n_queries),
+                    scores,
+                    docs,
+                    counts,
+                )
         finally:
             numba.set_num_threads(previous)
         self._queries += n_queries
@@ -545,17 +565,11 @@ class _Scratch:
             self.chunks = self._tables(n_chunks)
         return self.chunks
 
-    def query_vectors(self, candidates: int, n_chunks: int) -> np.ndarray:
-        """``n_chunks`` zero [vocab] rows for candidate search (kept zero by the kernel), or empty rows when
-        it is not used."""
-        if not candidates:
-            return np.zeros((n_chunks, 0))
+    def query_vectors(self, n_chunks: int) -> np.ndarray:
+        """``n_chunks`` [vocab] rows for candidate search's dense queries (zero; the kernel keeps them so)."""
         if self.qv.shape[0] < n_chunks or self.qv.shape[1] != self.vocab_size:
             self.qv = np.zeros((max(n_chunks, self.qv.shape[0]), self.vocab_size))
         return self.qv
-
-    def query_vector(self, candidates: int) -> np.ndarray:
-        return self.query_vectors(candidates, 1)[0]
 
     def _tables(self, *rows: int) -> tuple[np.ndarray, ...]:
         return (

@@ -134,7 +134,6 @@ def search_one(
     q_weights,
     k,
     alpha,
-    candidates,
     term_ptr,
     entry_block,
     entry_max,
@@ -151,8 +150,6 @@ def search_one(
     table,
     taat_acc,
     stamp,
-    view,
-    qv,
     out_scores,
     out_docs,
 ):
@@ -184,9 +181,6 @@ def search_one(
     Measured on issue 24's head-heavy regime: 1.49x the block-by-block rounds, 1.7x the naive kernel; on
     regimes with spiky bounds nothing changes (benchmarks/README.md). Both paths sum the same float64
     products, so the results are identical.
-
-    ``candidates`` > 0 searches the shard's candidate ``view`` instead (``_search_candidates``, approximate;
-    ``qv``: [vocab] float64 scratch, all zero between queries); a shard searched term at a time ignores it.
     """
     if n_docs <= accumulate_docs:
         return _search_accumulate(
@@ -202,10 +196,6 @@ def search_one(
             n_docs,
             out_scores,
             out_docs,
-        )
-    if candidates > 0:
-        return _search_candidates(
-            q_terms, q_weights, k, candidates, doc_rank, view, taat_acc, qv, out_scores, out_docs
         )
     n_blocks = ub.shape[0]
     nq = q_terms.shape[0]
@@ -610,7 +600,6 @@ def search_batch(
     q_weights,
     k,
     alpha,
-    candidates,
     term_ptr,
     entry_block,
     entry_max,
@@ -628,8 +617,6 @@ def search_batch(
     tables,
     taat_accs,
     stamp0,
-    view,
-    qvs,
     out_scores,
     out_docs,
     out_counts,
@@ -652,7 +639,6 @@ def search_batch(
                 q_weights[lo:hi],
                 k,
                 alpha,
-                candidates,
                 term_ptr,
                 entry_block,
                 entry_max,
@@ -669,8 +655,6 @@ def search_batch(
                 table,
                 taat_acc,
                 stamp0 + qi,
-                view,
-                qvs[c],
                 out_scores[qi],
                 out_docs[qi],
             )
@@ -788,7 +772,6 @@ def search_query(
     scale,
     k,
     alpha,
-    candidates,
     term_ptr,
     entry_block,
     entry_max,
@@ -805,8 +788,6 @@ def search_query(
     table,
     taat_acc,
     stamp,
-    view,
-    qv,
     out_scores,
     out_docs,
 ):
@@ -823,7 +804,6 @@ def search_query(
         weights,
         k,
         alpha,
-        candidates,
         term_ptr,
         entry_block,
         entry_max,
@@ -840,11 +820,84 @@ def search_query(
         table,
         taat_acc,
         stamp,
-        view,
-        qv,
         out_scores,
         out_docs,
     )
     for j in range(found):
         out_scores[j] *= scale
     return found, 0, -1
+
+
+@nb.njit(cache=True, nogil=True)
+def candidates_query(
+    indices,
+    values,
+    vocab_size,
+    query_mass,
+    scale,
+    k,
+    candidates,
+    doc_rank,
+    fwd_ptr,
+    fwd_term,
+    fwd_imp,
+    head_ptr,
+    head_doc,
+    head_imp,
+    acc,
+    qv,
+    out_scores,
+    out_docs,
+):
+    """``search_query`` for candidate search (``prepare_query`` then ``_search_candidates``, scores scaled). Its
+    own entry point, so that the exact path's dispatch does not type the view's arrays on every call."""
+    terms, weights, error, bad = prepare_query(indices, values, vocab_size, query_mass)
+    if error != 0:
+        return 0, error, bad
+    view = (fwd_ptr, fwd_term, fwd_imp, head_ptr, head_doc, head_imp)
+    found = _search_candidates(terms, weights, k, candidates, doc_rank, view, acc, qv, out_scores, out_docs)
+    for j in range(found):
+        out_scores[j] *= scale
+    return found, 0, -1
+
+
+@nb.njit(cache=True, parallel=True, nogil=True)
+def candidates_batch(
+    q_ptr,
+    q_terms,
+    q_weights,
+    k,
+    candidates,
+    doc_rank,
+    fwd_ptr,
+    fwd_term,
+    fwd_imp,
+    head_ptr,
+    head_doc,
+    head_imp,
+    n_chunks,
+    accs,
+    qvs,
+    out_scores,
+    out_docs,
+    out_counts,
+):
+    """``search_batch`` for candidate search: chunk ``c`` of the queries uses scratch ``accs[c]``/``qvs[c]``."""
+    view = (fwd_ptr, fwd_term, fwd_imp, head_ptr, head_doc, head_imp)
+    n_queries = q_ptr.shape[0] - 1
+    per_chunk = (n_queries + n_chunks - 1) // n_chunks
+    for c in nb.prange(n_chunks):
+        for qi in range(c * per_chunk, min(n_queries, (c + 1) * per_chunk)):
+            lo, hi = q_ptr[qi], q_ptr[qi + 1]
+            out_counts[qi] = _search_candidates(
+                q_terms[lo:hi],
+                q_weights[lo:hi],
+                k,
+                candidates,
+                doc_rank,
+                view,
+                accs[c],
+                qvs[c],
+                out_scores[qi],
+                out_docs[qi],
+            )
