@@ -230,7 +230,7 @@ class LaconicRay:
         alpha: float | None = None,
         query_mass: float | None = None,
         candidates: int | None = None,
-        head_postings: int = 1024,
+        head_postings: int | None = None,  # None: the index's default (InvertedIndex.HEAD_SHARE)
         quantization: str = "uint8",
         block_size: int = 64,
         reorder: str = "bp",
@@ -239,6 +239,7 @@ class LaconicRay:
         self.candidates, self.head_postings = candidates, head_postings
         self.quantization, self.block_size, self.reorder = quantization, block_size, reorder
         self._index: Any = None
+        self._default_head = 0  # the index's own head_postings, restored when a setting gives none
 
     @property
     def config(self) -> dict[str, Any]:
@@ -263,10 +264,12 @@ class LaconicRay:
             block_size=self.block_size,
             reorder=self.reorder,
         )
+        self._default_head = self._index.head_postings
 
     def _knobs(self) -> dict[str, Any]:
-        if self._index.head_postings != self.head_postings:
-            self._index.head_postings = self.head_postings
+        head = self._default_head if self.head_postings is None else self.head_postings
+        if self._index.head_postings != head:
+            self._index.head_postings = head
         return {
             "mode": self.mode,
             "alpha": self.alpha,
