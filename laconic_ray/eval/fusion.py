@@ -50,3 +50,33 @@ def fuse(
 def fuse_runs(learned: Run, lexical: Run, config: HybridConfig, k: int | None = None) -> Run:
     """Every query of either run, fused (a query one run has no answer for keeps the other's ranking)."""
     return {q: fuse(learned.get(q, {}), lexical.get(q, {}), config, k) for q in sorted({*learned, *lexical})}
+
+
+def cross_validate(per_query: Mapping[str, Mapping[str, float]], folds: int) -> dict:
+    """K-fold choice of a fusion for collections too small to spare a dev split (CACM's 52 judged queries).
+
+    ``per_query`` maps each candidate choice (a label) to its ``{qid: metric}`` over the same judged queries.
+    Queries sorted by id go to fold ``i % folds`` (carve_dev's every-k-th rule, so fold ``folds - 1`` is the
+    dev split ``dev_every=folds`` would carve); each fold is scored with the choice whose mean is best over the
+    *other* folds (ties: the earlier choice), so no query's figure comes from a choice made on it. Returns the
+    per-fold choices and the pooled ``{qid: metric}`` with its mean.
+    """
+    choices = list(per_query)
+    if not choices:
+        raise ValueError("cross_validate: no choices to choose from")
+    queries = sorted(per_query[choices[0]])
+    for choice in choices:
+        if sorted(per_query[choice]) != queries:
+            raise ValueError(f"cross_validate: {choice!r} is scored on other queries than {choices[0]!r}")
+    if not 2 <= folds <= len(queries):
+        raise ValueError(f"cross_validate: folds must be in [2, {len(queries)}] (the queries), got {folds}")
+    pooled: dict[str, float] = {}
+    chosen = []
+    for fold in range(folds):
+        held = queries[fold::folds]
+        rest = [q for i, q in enumerate(queries) if i % folds != fold]
+        means = {c: sum(per_query[c][q] for q in rest) / len(rest) for c in choices}
+        best = max(choices, key=lambda c: means[c])  # max keeps the first of equal means
+        chosen.append({"fold": fold, "queries": len(held), "chosen": best, "train_mean": means[best]})
+        pooled.update({q: per_query[best][q] for q in held})
+    return {"folds": chosen, "per_query": pooled, "mean": sum(pooled.values()) / len(pooled)}

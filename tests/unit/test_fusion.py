@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from laconic_ray.config import ConfigError, HybridConfig, load_config
-from laconic_ray.eval.fusion import fuse, fuse_runs, ranked
+from laconic_ray.eval.fusion import cross_validate, fuse, fuse_runs, ranked
 from laconic_ray.eval.runs import write_run
 
 
@@ -83,3 +83,27 @@ def test_fusion_edge_cases():
                          ("rrf_k=0", "rrf_k: must be > 0")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             load_config(HybridConfig, None, [bad])
+
+
+def test_cross_validation_scores_each_fold_with_a_choice_made_on_the_others():
+    queries = [f"q{i:02d}" for i in range(10)]  # sorted by id: fold = position % 5, (q00, q05) is fold 0
+    # "high" is better on the whole (0.44 vs 0.4) only through fold 4 (q04, q09): the folds that hold fold 4
+    # in their choosing set take it; fold 4 itself, chosen for on the others only, does not
+    low = dict.fromkeys(queries, 0.4)
+    high = {q: 1.0 if q in ("q04", "q09") else 0.3 for q in queries}
+    cv = cross_validate({"low": low, "high": high}, 5)
+    assert [f["chosen"] for f in cv["folds"]] == ["high"] * 4 + ["low"]
+    assert cv["folds"][0] == {"fold": 0, "queries": 2, "chosen": "high", "train_mean": pytest.approx(0.475)}
+    assert cv["per_query"] == {q: 0.4 if q in ("q04", "q09") else 0.3 for q in queries}
+    assert cv["mean"] == pytest.approx(0.32)
+    # where a choice wins on the other folds, the held-out fold gets it, good or bad for that fold
+    high = {q: 0.9 if q not in ("q04", "q09") else 0.1 for q in queries}  # wins on the others, loses on 4
+    cv = cross_validate({"low": low, "high": high}, 5)
+    assert [f["chosen"] for f in cv["folds"]] == ["high"] * 5
+    assert cv["per_query"]["q09"] == 0.1 and cv["mean"] == pytest.approx(np.mean(list(high.values())))
+    # equal means: the earlier choice; folds that cannot be made and choices on other queries are refused
+    assert cross_validate({"a": low, "b": dict(low)}, 2)["folds"][0]["chosen"] == "a"
+    for bad, folds, message in [({"a": low}, 1, "folds must be in"), ({"a": low}, 11, "folds must be in"),
+                                ({"a": low, "b": {"q00": 1.0}}, 2, "other queries"), ({}, 2, "no choices")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            cross_validate(bad, folds)
