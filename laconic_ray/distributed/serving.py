@@ -753,6 +753,8 @@ class ShardedSearcher:
                     "restarts": len(record.pids) - len(row),
                     "nodes": sorted({s["node"] for s in live}),
                     "bytes": live[0]["bytes"] if live else None,
+                    # memory candidate search derives beside the shard (each replica holds its own; 0 in exact)
+                    "candidate_view_bytes": live[0]["candidate_view_bytes"] if live else None,
                     "channel_refused": sum(s["channel_refused"] for s in live),
                     "overlap_peak": max((s["overlap_peak"] for s in live), default=0),
                 }

@@ -82,6 +82,7 @@ def test_four_shards_equal_one_index_exactly(ray_session, vectors, tmp_path, par
         )
         assert stats["direct_channels"] == 8  # the scatter ran over direct connections (2 lanes a shard) ...
         assert all(s["calls"] == 2 and s["failures"] == 0 for s in stats["shards"])  # ... every time
+        assert all(s["candidate_view_bytes"] == 0 for s in stats["shards"])  # exact search derives nothing
         assert ray.get(client.actors[0][0].stats.remote())["channel_requests"] == 2
     finally:
         client.shutdown()
