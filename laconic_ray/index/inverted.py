@@ -336,6 +336,21 @@ class InvertedIndex:
         self._check(k, alpha, candidates)
         return alpha, defaults["query_mass"] if query_mass is None else query_mass, int(candidates)
 
+    def _exact_args(self, alpha: float) -> tuple:
+        """The exact/approximate kernels' arguments after ``k``: ``alpha``, the shard's arrays and layout."""
+        return (
+            float(alpha),
+            *self._raw(),
+            self.n_docs,
+            self.meta.block_size,
+            self.accumulate_docs,
+            self.switch,
+        )
+
+    def _candidate_args(self, candidates: int) -> tuple:
+        """Candidate search's kernel arguments after ``k``: ``candidates``, doc ranks and the derived view."""
+        return candidates, self._raw()[DOC_RANK], *self._candidate_view()
+
     def search(
         self,
         q_indices: Any,
@@ -356,40 +371,15 @@ class InvertedIndex:
         scratch = self._scratch()
         k_eff = min(int(k), max(self.n_docs, 1))
         scores, docs = np.empty(k_eff), np.empty(k_eff, dtype=np.int64)
-        if candidates and not self.term_at_a_time:
-            n, error, bad = kernels.candidates_query(  # prepare_query + _search_candidates, scores scaled
-                indices,
-                values,
-                self.vocab_size,
-                float(query_mass),
-                self.meta.scale,
-                k_eff,
-                candidates,
-                self._raw()[DOC_RANK],
-                *self._candidate_view(),
-                scratch.single()[ACCUMULATORS],
-                scratch.query_vectors(1)[0],
-                scores,
-                docs,
+        query = (indices, values, self.vocab_size, float(query_mass), self.meta.scale, k_eff)
+        if candidates and not self.term_at_a_time:  # prepare_query + _search_candidates, scores scaled
+            candidate_scratch = (scratch.single()[ACCUMULATORS], scratch.query_vectors(1)[0])
+            n, error, bad = kernels.candidates_query(
+                *query, *self._candidate_args(candidates), *candidate_scratch, scores, docs
             )
-        else:
-            n, error, bad = kernels.search_query(  # prepare_query + search_one in one call, scores scaled
-                indices,
-                values,
-                self.vocab_size,
-                float(query_mass),
-                self.meta.scale,
-                k_eff,
-                float(alpha),
-                *self._raw(),
-                self.n_docs,
-                self.meta.block_size,
-                self.accumulate_docs,
-                self.switch,
-                *scratch.single(),
-                scratch.stamps(1),
-                scores,
-                docs,
+        else:  # prepare_query + search_one in one call, scores scaled
+            n, error, bad = kernels.search_query(
+                *query, *self._exact_args(alpha), *scratch.single(), scratch.stamps(1), scores, docs
             )
         self._raise_query_error(error, bad, indices, values)
         self._queries += 1
@@ -481,9 +471,7 @@ class InvertedIndex:
                     terms,
                     weights,
                     k_eff,
-                    candidates,
-                    self._raw()[DOC_RANK],
-                    *self._candidate_view(),
+                    *self._candidate_args(candidates),
                     n_chunks,
                     scratch.chunked(n_chunks)[ACCUMULATORS],
                     scratch.query_vectors(n_chunks),
@@ -497,12 +485,7 @@ class InvertedIndex:
                     terms,
                     weights,
                     k_eff,
-                    float(alpha),
-                    *self._raw(),
-                    self.n_docs,
-                    self.meta.block_size,
-                    self.accumulate_docs,
-                    self.switch,
+                    *self._exact_args(alpha),
                     n_chunks,
                     *scratch.chunked(n_chunks),
                     scratch.stamps(n_queries),
