@@ -11,7 +11,8 @@ shard actors and the HTTP replica on this machine's cores, as `laconic serve` ru
 * ``python``: ``concurrency`` threads of one process share one ``ShardedSearcher`` (direct channels,
   micro-batching), each sending one query at a time, closed loop, for ``--seconds``;
 * ``http``: ``concurrency`` keep-alive connections, from threads of a separate process, each POSTing one
-  query at a time to the HTTP replica's own port (Serve direct ingress, `laconic serve`'s default).
+  query at a time to the HTTP replica's own port (Serve direct ingress, `laconic serve`'s default), or with
+  ``--via proxy`` to Serve's port (its proxy actor, port 8000 by default).
 
 Reported per cell: QPS, its fraction of the ceiling (the median of the ceilings measured at the start and
 just before and after that layout's cells: the machine's speed drifts), p50 and p99 latency. Goals (issue 21): at concurrency 16
@@ -163,6 +164,12 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=None, help="batches out at once (default max(2, R))")
     parser.add_argument("--clients", default="python,http")
     parser.add_argument("--http-replicas", type=int, default=1)
+    parser.add_argument(
+        "--via",
+        default="replicas",
+        choices=["replicas", "proxy"],
+        help="HTTP to the replicas' ports or Serve's",
+    )
     parser.add_argument("--http-client", nargs=4, help=argparse.SUPPRESS)  # the HTTP load process
     args = parser.parse_args()
     if args.http_client:
@@ -244,7 +251,7 @@ def main() -> None:
                 while len(urls := replica_urls(config.name, "127.0.0.1")) < args.http_replicas:
                     assert time.monotonic() < deadline, f"{len(urls)} of {args.http_replicas} HTTP replicas"
                     time.sleep(0.5)
-                url = ",".join(urls)
+                url = ",".join(urls) if args.via == "replicas" else f"http://127.0.0.1:{config.port}"
             for c in concurrency if "http" in clients else []:
                 cells[f"http c={c}"] = http_load(url, str(tmp / "bodies.jsonl"), c, args.seconds)
                 print(json.dumps({layout: {f"http c={c}": cells[f"http c={c}"]}}), file=sys.stderr)
