@@ -341,7 +341,9 @@ class EncodeConfig:
     data_root: str | None = None  # where a bare collection name is looked up (default $LACONIC_DATA)
     kind: str = "passage"  # passage | query: which prefix and max length the tokenizer applies
     batch_size: int = 32  # texts per forward pass (sorted by length within each shard)
-    top_k: int | None = 512  # weights kept per vector; null keeps every weight > 0
+    # weights kept per vector: "model" the checkpoint's own cap (laconic.json's top_k) for passages and none
+    # for queries, as laconic eval, the service and the quickstart encode them; N; null keeps every weight > 0
+    top_k: int | str | None = "model"
     quantize: bool = False  # store integer impacts round(impact_scale * w) (weight_format "impact")
     impact_scale: float = 100.0
     shard_bytes: int = (
@@ -366,7 +368,11 @@ class EncodeConfig:
         check(bool(self.output), "output", "give the output folder (output=<uri>)")
         check(self.kind in ("passage", "query"), "kind", "must be passage or query")
         check(self.batch_size > 0, "batch_size", "must be > 0")
-        check(self.top_k is None or self.top_k > 0, "top_k", "must be > 0 or null")
+        check(
+            self.top_k is None or self.top_k == "model" or (isinstance(self.top_k, int) and self.top_k > 0),
+            "top_k",
+            f"must be > 0, null (keep every weight) or model (the checkpoint's own cap), got {self.top_k!r}",
+        )
         check(self.impact_scale > 0, "impact_scale", "must be > 0")
         check(self.shard_bytes >= 1024, "shard_bytes", "must be >= 1024")
         check(self.num_actors > 0, "num_actors", "must be > 0")

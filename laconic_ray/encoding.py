@@ -61,7 +61,7 @@ class EncodeSettings:
     output: str
     kind: str = "passage"
     batch_size: int = 32
-    top_k: int | None = 512
+    top_k: int | str | None = "model"  # "model": the checkpoint's cap for passages, none for queries
     quantize: bool = False
     impact_scale: float = 100.0
     device: str = "auto"
@@ -143,13 +143,16 @@ class ShardEncoder:
             options=settings.options,
         )
         self.model_name = settings.model
+        self.top_k = settings.top_k
+        if self.top_k == "model":
+            self.top_k = self.encoder.settings.top_k if settings.kind == "passage" else None
         self.ready_at = time.time()  # wall clock: the journal's timeline (start-up vs steady state)
 
     def metadata(self) -> dict[str, Any]:
         meta = {
             "model": self.model_name,
             "kind": self.settings.kind,
-            "top_k": self.settings.top_k,
+            "top_k": self.top_k,  # the cap applied ("model" resolved)
             "quantization": self.encoder.quantized,  # of the encoder that made the vectors
         }
         if self.encoder.model_id:
@@ -176,7 +179,7 @@ class ShardEncoder:
                 texts,
                 self.settings.kind,
                 batch_size=self.settings.batch_size,
-                top_k=self.settings.top_k,
+                top_k=self.top_k,
                 stats=stats,
                 on_batch=ticker.update,
             )
@@ -269,12 +272,29 @@ def write_or_check_plan(
         old = json.loads(storage.read_bytes(uri, options))
         for key in ("corpus", "shards", "settings"):
             if old.get(key) != plan[key]:
+                what = (
+                    f"settings ({changed})"
+                    if (changed := settings_changed(output, settings, options))
+                    else key
+                )
                 raise RuntimeError(
-                    f"{output}: holds a partial encode with a different {key}; "
+                    f"{output}: holds a partial encode with a different {what}; "
                     "rerun with overwrite=true or choose another output"
                 )
         return
     storage.write_bytes(uri, json.dumps(plan, indent=1).encode(), options)
+
+
+def settings_changed(output: str, settings: EncodeSettings, options: StorageOptions | None) -> str:
+    """Where the settings ``output`` was encoded with differ from ``settings``, as ``key: old -> new`` (empty
+    when they do not, or when the output has no plan to tell)."""
+    uri = storage.join(output, PROGRESS, PLAN_FILE)
+    if not storage.exists(uri, options):
+        return ""
+    old = json.loads(storage.read_bytes(uri, options)).get("settings", {})
+    new = settings.identity()
+    keys = sorted({*old, *new})
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
 def done_shards(output: str, options: StorageOptions | None) -> dict[int, dict[str, Any]]:

@@ -33,6 +33,7 @@ from laconic_ray.encoding import (
     finalize,
     output_state,
     read_stage,
+    settings_changed,
     write_or_check_plan,
 )
 from laconic_ray.model.encoder import check_model_source
@@ -101,6 +102,11 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     if state != "complete" or config.overwrite:  # before any cluster starts: a wrong model is one line
         check_model_source(config.model, options)
     if state == "complete" and not config.overwrite:
+        if changed := settings_changed(config.output, settings_from(config, corpus), options):
+            raise RuntimeError(
+                f"{config.output}: already encoded with other settings ({changed}); overwrite=true to "
+                "redo it, or choose another output"
+            )
         manifest = read_manifest(config.output, options)
         log.info(
             "%s is already complete (%d documents); overwrite=true to redo it",

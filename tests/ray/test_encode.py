@@ -39,8 +39,7 @@ def encode(model_dir, corpus, output, **overrides):
         f"model={model_dir}",
         f"corpus={corpus}",
         f"output={output}",
-        "shard_bytes=60000",
-        "top_k=64",
+        "shard_bytes=60000",  # top_k: the default, "model": the checkpoint's own 64
         "batch_size=16",
     ] + [f"{k}={v}" for k, v in overrides.items()]
     return run_encode(load_config(EncodeConfig, "conf/encode.yaml", args))
@@ -59,7 +58,7 @@ def assert_matches_reference(uri, options, model_dir, corpus):
     order = {d: i for i, d in enumerate(ids)}
     got = csr[[order[d] for d in ref_ids]]
     np.testing.assert_allclose(got.toarray(), ref.toarray(), atol=1e-5, rtol=0)
-    assert meta["weight_format"] == "float" and int(meta["vocab_size"]) == 30522
+    assert meta["weight_format"] == "float" and int(meta["vocab_size"]) == 30522 and meta["top_k"] == 64
 
 
 def test_encode_locally_equals_in_process_encoding(ray_session, model_dir, corpus, tmp_path):
@@ -73,6 +72,9 @@ def test_encode_locally_equals_in_process_encoding(ray_session, model_dir, corpu
     stamp = part.stat().st_mtime_ns
     assert encode(model_dir, corpus, out)["skipped"] == "already complete"
     assert part.stat().st_mtime_ns == stamp
+    # ... nor passed off as what other settings would have made
+    with pytest.raises(RuntimeError, match=r"already encoded with other settings \(top_k: 'model' -> 32\)"):
+        encode(model_dir, corpus, out, top_k=32)
     assert encode(model_dir, corpus, out, overwrite="true")["encoded_this_run"] == N_DOCS
 
 
@@ -117,6 +119,8 @@ def test_rerun_completes_a_crashed_output(ray_session, model_dir, corpus, tmp_pa
     os.remove(tmp_path / "vecs" / "manifest.json")
     with pytest.raises(RuntimeError, match="different corpus"):
         encode(model_dir, str(other), out)
+    with pytest.raises(RuntimeError, match=r"different settings \(kind: 'passage' -> 'query'\)"):
+        encode(model_dir, corpus, out, kind="query")
 
 
 BAD = [
@@ -191,8 +195,9 @@ def test_queries_are_encoded_with_the_query_prefix(ray_session, model_dir, tmp_p
     _ids, csr, meta = sparse.read_sparse(out)
     encoder = SparseEncoder.from_pretrained(model_dir)
     text = json.loads(queries.read_text())["text"]
-    np.testing.assert_allclose(csr.toarray(), encoder.encode_queries([text], top_k=64).toarray(), atol=1e-5)
-    assert meta["kind"] == "query"
+    # top_k=model: queries uncapped, as laconic eval and the service encode them (the model's cap is 64)
+    np.testing.assert_allclose(csr.toarray(), encoder.encode_queries([text]).toarray(), atol=1e-5)
+    assert meta["kind"] == "query" and meta["top_k"] is None and csr.nnz > 64
 
 
 def test_a_classic_splade_model_goes_through_every_stage_unchanged(ray_session, corpus, tmp_path):
@@ -208,7 +213,7 @@ def test_a_classic_splade_model_goes_through_every_stage_unchanged(ray_session, 
     from tests.models import save_masked_lm
 
     model = save_masked_lm(tmp_path / "splade")
-    encode(model, corpus, str(tmp_path / "vecs"))
+    encode(model, corpus, str(tmp_path / "vecs"), top_k=64)  # a cap given, as sentence-transformers' below
     ids, csr, meta = sparse.read_sparse(str(tmp_path / "vecs"))
     docs = {d.id: d.full_text() for d in iter_documents(corpus)}
     theirs = STSparseEncoder(model, device="cpu").encode_document(

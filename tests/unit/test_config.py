@@ -210,3 +210,18 @@ def test_search_modes_are_the_index_modes():
         load_config(ServeConfig, "conf/serve.yaml", ["index=x", "mode=fast"])
     with pytest.raises(ConfigError, match="mode: must be one of"):
         load_config(EvalConfig, "conf/eval.yaml", ["index=x", "model=m", "dataset=d", "mode=fast"])
+
+
+def test_encode_top_k_is_the_models_own_cap_unless_given():
+    from laconic_ray.config import EncodeConfig
+
+    base = ["model=m", "corpus=c", "output=o"]
+    assert load_config(EncodeConfig, "conf/encode.yaml", base).top_k == "model"
+    assert load_config(EncodeConfig, "conf/encode.yaml", [*base, "top_k=256"]).top_k == 256
+    assert load_config(EncodeConfig, "conf/encode.yaml", [*base, "top_k=null"]).top_k is None
+    for bad in ("top_k=0", "top_k=-5", "top_k=many"):
+        with pytest.raises(ConfigError, match=r"top_k: must be > 0, null .* or model"):
+            load_config(EncodeConfig, "conf/encode.yaml", [*base, bad])
+    for bad in ("top_k=2.5", "top_k=true"):  # OmegaConf's own type check, naming the key
+        with pytest.raises(ConfigError, match=f"override '{bad}': top_k: Value"):
+            load_config(EncodeConfig, "conf/encode.yaml", [*base, bad])
