@@ -272,11 +272,7 @@ def write_or_check_plan(
         old = json.loads(storage.read_bytes(uri, options))
         for key in ("corpus", "shards", "settings"):
             if old.get(key) != plan[key]:
-                what = (
-                    f"settings ({changed})"
-                    if (changed := settings_changed(output, settings, options))
-                    else key
-                )
+                what = f"settings ({_differences(old[key], plan[key])})" if key == "settings" else key
                 raise RuntimeError(
                     f"{output}: holds a partial encode with a different {what}; "
                     "rerun with overwrite=true or choose another output"
@@ -291,8 +287,10 @@ def settings_changed(output: str, settings: EncodeSettings, options: StorageOpti
     uri = storage.join(output, PROGRESS, PLAN_FILE)
     if not storage.exists(uri, options):
         return ""
-    old = json.loads(storage.read_bytes(uri, options)).get("settings", {})
-    new = settings.identity()
+    return _differences(json.loads(storage.read_bytes(uri, options)).get("settings", {}), settings.identity())
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted({*old, *new})
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
