@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--model", default="", help="default: the run's final model")
     args = parser.parse_args()
+    if args.folds == 1 or args.folds < 0:  # before minutes of retrieval, not after
+        parser.error(f"--folds: 0 (dev split) or at least 2, got {args.folds}")
     with open(os.path.join(args.run, "summary.json")) as f:
         summary = json.load(f)
     model = args.model or summary["model"]
