@@ -129,6 +129,7 @@ class _Request:
     error: BaseException | None = None
     finished: bool = False
     lead: bool = False  # handed a leader's slot: run the next batch
+    next: _Request | None = None  # a thread caller of the same batch this one wakes once answered
     # woken by a token: SimpleQueue's put/get are C calls, several times cheaper per hand-off than an Event's
     # Condition; a spare token (answered and handed the lead at once) only costs one more look at the flags
     wake: queue.SimpleQueue = dataclasses.field(default_factory=queue.SimpleQueue)
@@ -167,6 +168,8 @@ class MicroBatcher:
             self._lock
         )  # only a leader holding a batch for wait_s waits on it
         self._inflight = 0
+        self._queued = 0  # queries in the queue
+        self._holding = 0  # leaders waiting (up to wait_s) for a batch to fill
         self._pool: ThreadPoolExecutor | None = None  # leader threads for asyncio callers (asubmit)
         self._last_size = 1  # queries in the last batch taken: the size worth waiting for (up to wait_s)
         self.batches = 0
@@ -179,6 +182,8 @@ class MicroBatcher:
             if request.lead:  # holding a slot (even if another leader answered us meanwhile): use or free it
                 self._lead(request)
             if request.finished:
+                if request.next is not None:  # wake the next caller of our batch (see _wake)
+                    request.next.wake.put(None)
                 break
             request.wake.get()
         if request.error is not None:
@@ -189,11 +194,12 @@ class MicroBatcher:
         """Queue ``request``; it takes a leader's slot if one is free, else a waiting leader hears of it."""
         with self._lock:
             self._queue.append(request)
+            self._queued += len(request.rows)
             request.lead = self._inflight < self.max_inflight
             if request.lead:
                 self._inflight += 1
-            else:
-                self._arrived.notify()
+            elif self._holding and self._queued >= self._target():
+                self._arrived.notify()  # only once the batch a leader holds out for is there
 
     async def asubmit(self, rows: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str) -> list:
         """``submit`` for asyncio callers (the HTTP front end): a waiting request holds no thread and is
@@ -246,11 +252,15 @@ class MicroBatcher:
         wait up to ``wait_s`` for its callers to come back (they were answered a moment ago and are on their
         way): otherwise a closed loop of N callers settles into a batch of 1 followed by one of N-1."""
         deadline = time.monotonic() + self.wait_s
-        while sum(len(r.rows) for r in self._queue) < min(self._last_size, self.max_queries):
+        while self._queued < self._target():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self._arrived.wait(left)
+            self._holding += 1
+            try:
+                self._arrived.wait(left)
+            finally:
+                self._holding -= 1
         if not self._queue:
             return []
         mode, batch, size, kept = self._queue[0].mode, [], 0, collections.deque()
@@ -263,8 +273,13 @@ class MicroBatcher:
             batch.append(request)
             size += rows
         self._queue.extendleft(reversed(kept))
+        self._queued -= size
         self._last_size = size
         return batch
+
+    def _target(self) -> int:
+        """Queued queries worth holding a batch for (called holding the lock)."""
+        return min(self._last_size, self.max_queries)
 
     def _execute(self, batch: list[_Request]) -> None:
         try:
@@ -295,15 +310,24 @@ class MicroBatcher:
             request.error = error
         self._wake(batch)
 
-    @staticmethod
-    def _wake(batch: list[_Request]) -> None:
+    def _wake(self, batch: list[_Request]) -> None:
+        """Answer a batch. Thread callers are woken in a chain, each by the one before (``next``): woken all at
+        once they would all fight for the GIL, every loser sleeping and waking again (measured on 2 cores, 16
+        callers: 1.7-1.8 context switches per query instead of 3.1-3.3, and ~30% less CPU in the batcher).
+        A caller holding a leader's slot is awake (or has a token) and sees ``finished`` by itself: it is left
+        out of the chain, which must not wait behind a leader busy with another batch. Under the lock, where a
+        leader gives its slot up, so that a caller is either in the chain or sees ``finished``."""
         loops: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
-        for request in batch:
-            request.finished = True
-            if request.future is None:
-                request.wake.put(None)
-            else:
-                loops.setdefault(request.future.get_loop(), []).append(request)
+        chain: _Request | None = None
+        with self._lock:
+            for request in reversed(batch):
+                if request.future is not None:
+                    loops.setdefault(request.future.get_loop(), []).append(request)
+                elif not request.lead:  # `next` is set before `finished`, which its thread reads first
+                    request.next, chain = chain, request
+                request.finished = True
+        if chain is not None:
+            chain.wake.put(None)
         for loop, requests in loops.items():  # one wake-up per event loop, not per request
             loop.call_soon_threadsafe(_settle, requests)
 

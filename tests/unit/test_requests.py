@@ -127,6 +127,19 @@ def test_many_threads_many_rounds_every_answer_its_own():
     assert batcher._inflight == 0 and not batcher._queue and batcher.queries == 12 * 600
 
 
+def test_answered_thread_callers_are_woken_in_a_chain_not_all_at_once():
+    """Woken all at once, a batch's callers fight for the GIL (each loser sleeps and wakes again): only the
+    first gets a token, each passes it on; a caller holding a leader's slot is awake and is left out."""
+    batcher = MicroBatcher(Shards().run, lambda r, k: r)
+    batch = [_Request(rows(1), 1, "exact") for _ in range(5)]
+    batch[2].lead = True
+    batcher._wake(batch)
+    assert all(r.finished for r in batch)
+    assert [r.wake.qsize() for r in batch] == [1, 0, 0, 0, 0]
+    assert batch[0].next is batch[1] and batch[1].next is batch[3] and batch[3].next is batch[4]
+    assert batch[4].next is None and batch[2].next is None
+
+
 def test_a_bad_request_in_a_batch_fails_alone():
     shards = Shards()
     shards.release.set()
