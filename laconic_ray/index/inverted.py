@@ -321,8 +321,16 @@ class InvertedIndex:
             )
         return scratch
 
-    def _result(self, scores: np.ndarray, docs: np.ndarray, n: int) -> Result:
-        return self._lookup_ids(docs[:n]), scores[:n] * self.meta.scale
+    def _results(self, scores: np.ndarray, docs: np.ndarray, counts: np.ndarray) -> list[Result]:
+        """A batch's results (row ``i``: its first ``counts[i]`` of ``scores/docs``) with one id lookup and one
+        scaling for all: per query, those NumPy calls cost a shard actor ~5 us a query more."""
+        ids = self._lookup_ids(docs[np.arange(docs.shape[1]) < counts[:, None]])
+        scaled = scores * self.meta.scale
+        results, start = [], 0
+        for i, n in enumerate(counts.tolist()):
+            results.append((ids[start : start + n], scaled[i, :n]))
+            start += n
+        return results
 
     def _settings(
         self, k: int, mode: str, alpha: float | None, query_mass: float | None, candidates: int | None
@@ -497,7 +505,7 @@ class InvertedIndex:
             numba.set_num_threads(previous)
         self._queries += n_queries
         self._search_seconds += time.perf_counter() - started
-        return [self._result(scores[i], docs[i], int(counts[i])) for i in range(n_queries)]
+        return self._results(scores, docs, counts)
 
     def reset_stats(self) -> None:
         """Start the query count and search time of :meth:`stats` again (e.g. after warming up)."""
