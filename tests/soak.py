@@ -7,7 +7,8 @@ vectors, the soak
 
 * sends bad queries on both paths (inf, NaN, finite weights whose repeated id sums to inf, 1e39, negative,
   out-of-vocabulary, empty): each must be refused (QueryError / HTTP 4xx) with the field named;
-* opens stray connections to every shard's channel port: silent (held open), reset (RST), garbage bytes;
+* opens stray connections to every shard's channel listener (the one the client uses: a Unix socket on this
+  node): silent (held open), reset, garbage bytes;
 * kills a shard actor's process (SIGKILL) and an HTTP replica (Serve starts another).
 
 Reported: answers, wrong answers, lost queries (no answer within ``give_up_s`` of retrying), partial answers,
@@ -31,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import ray
+
+from laconic_ray.distributed.channel import connect
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +175,9 @@ def _shard_addresses(searcher) -> list[tuple[str, int]]:
 
 
 def stray_connections(addresses, how: str, held: list[socket.socket]) -> None:
-    """Connect to every shard port and misbehave: ``silent`` (held open), ``reset``, ``garbage``."""
+    """Connect to every shard listener and misbehave: ``silent`` (held open), ``reset``, ``garbage``."""
     for host, port in addresses:
-        sock = socket.create_connection((host, port), timeout=5)
+        sock = connect(host, port, 5.0)
         if how == "silent":
             held.append(sock)
             continue

@@ -23,15 +23,22 @@ What keeps answers right, whatever a peer does:
   it was taken) are logged and the listener goes on.
 * Requests larger than ``max_request_bytes`` close their connection instead of allocating what the header
   claims.
+
+A client on the shard's own node connects over a Unix socket in Linux's abstract namespace (``LOCAL``; no file
+to clean up, gone with the process): a round trip costs each side ~10-20 us less CPU than over TCP loopback
+(measured, 600-byte requests and 3 KB answers: client 31-40 vs 52-53 us, server 24-27 vs 42 us), which skips
+the TCP/IP stack. Elsewhere (other nodes, other systems) it is TCP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +48,24 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _SEQ = struct.Struct("!Q")  # the sequence number in front of every request and answer
+LOCAL = "local"  # ChannelServer.address(LOCAL): for clients on this node (a Unix socket where there is one)
+_UNIX = "unix:"  # an address's host naming a socket in the abstract namespace (port 0)
+
+
+def connect(host: str, port: int, timeout_s: float) -> socket.socket:
+    """A connected socket to a listener's ``(host, port)`` as :meth:`ChannelServer.address` gives them."""
+    if host.startswith(_UNIX):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout_s)
+            sock.connect("\0" + host.removeprefix(_UNIX))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection((host, port), timeout=timeout_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _receive_timeout(sock: socket.socket, seconds: float) -> None:
@@ -81,16 +106,25 @@ class ChannelServer:
         self.refused = 0  # connections that failed or never finished the handshake, or were turned away
 
     def address(self, host: str) -> tuple[str, int, bytes]:
-        """``(host, port, key)`` of a listener on ``host`` (started on first use): 127.0.0.1 for clients on
-        this node, the node's address for others, never every interface."""
+        """``(host, port, key)`` of a listener on ``host`` (started on first use): ``LOCAL`` for clients on
+        this node, the node's address for others, never every interface. On Linux, ``LOCAL`` is a Unix socket
+        named at random in the abstract namespace (``("unix:<name>", 0, key)``), elsewhere 127.0.0.1."""
         with self._lock:
             if host not in self._listeners:
-                listener = socket.create_server((host, 0), backlog=128)
+                if host == LOCAL and sys.platform == "linux":
+                    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    listener.bind(f"\0laconic-channel-{os.getpid()}-{os.urandom(8).hex()}")
+                    listener.listen(128)
+                else:
+                    listener = socket.create_server(("127.0.0.1" if host == LOCAL else host, 0), backlog=128)
                 self._listeners[host] = listener
                 threading.Thread(
                     target=self._accept, args=(listener,), name=f"channel-accept-{host}", daemon=True
                 ).start()
-            return host, self._listeners[host].getsockname()[1], self.key
+            name = self._listeners[host].getsockname()
+            if isinstance(name, bytes | str):  # AF_UNIX, abstract: a leading NUL
+                return _UNIX + (name.decode() if isinstance(name, bytes) else name).lstrip("\0"), 0, self.key
+            return name[0], name[1], self.key
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -112,7 +146,8 @@ class ChannelServer:
     def _handshake(self, sock: socket.socket) -> Connection | None:
         """Authenticate a new connection within the deadline, or close it; frees its handshake slot."""
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _receive_timeout(sock, self.handshake_timeout_s)
             conn = Connection(sock.detach())
         except OSError:
@@ -161,6 +196,8 @@ class ChannelServer:
         with self._lock:
             self._closed = True
             for listener in self._listeners.values():
+                with contextlib.suppress(OSError):  # wakes the accept() blocked on it (close alone does not)
+                    listener.shutdown(socket.SHUT_RDWR)
                 listener.close()
             self._listeners.clear()
 
@@ -174,8 +211,7 @@ class Channel:
     ``receive``, and call ``receive`` after every successful ``send`` (or ``close``)."""
 
     def __init__(self, host: str, port: int, key: bytes, connect_timeout_s: float = 2.0) -> None:
-        sock = socket.create_connection((host, port), timeout=connect_timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = connect(host, port, connect_timeout_s)
         sock.settimeout(None)  # blocking again: waits after the handshake use poll() with a deadline
         _receive_timeout(sock, connect_timeout_s)  # ... and the handshake's reads fail after this long
         self.conn = Connection(sock.detach())

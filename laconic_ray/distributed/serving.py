@@ -36,7 +36,7 @@ import numpy as np
 import ray
 import scipy.sparse as sp
 
-from laconic_ray.distributed.channel import Channel, ChannelClosed, ChannelServer
+from laconic_ray.distributed.channel import LOCAL, Channel, ChannelClosed, ChannelServer
 from laconic_ray.distributed.requests import MicroBatcher, check_search_args, rows_to_csr, vector_row
 from laconic_ray.distributed.resources import size_for_cluster
 from laconic_ray.index.inverted import InvertedIndex, QueryError
@@ -168,10 +168,10 @@ class ShardServer:
         return os.getpid()
 
     def open_channel(self, client_node_ip: str) -> tuple[str, int, bytes]:
-        """Address and key of a direct connection (channel.py) for a client on ``client_node_ip``: loopback
-        when it is on this node, this node's address otherwise."""
+        """Address and key of a direct connection (channel.py) for a client on ``client_node_ip``: a local
+        one (a Unix socket) when it is on this node, this node's address otherwise."""
         node_ip = ray.util.get_node_ip_address()
-        return self._channels.address("127.0.0.1" if client_node_ip == node_ip else node_ip)
+        return self._channels.address(LOCAL if client_node_ip == node_ip else node_ip)
 
 
 ShardActor = ray.remote(ShardServer)

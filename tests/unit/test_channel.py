@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from laconic_ray.distributed.channel import Channel, ChannelClosed, ChannelServer
+from laconic_ray.distributed.channel import LOCAL, Channel, ChannelClosed, ChannelServer, connect
 
 RELEASE_SLOW = threading.Event()  # a "slow" request is answered only once the test has seen its deadline pass
 
@@ -73,9 +73,23 @@ def test_handshake_has_a_deadline():
         assert time.monotonic() - started < 2.0
 
 
-def _connected(server) -> tuple[socket.socket, tuple]:
-    host, port, key = server.address("127.0.0.1")
-    return socket.create_connection((host, port)), (host, port, key)
+def _connected(server, where: str = "127.0.0.1") -> tuple[socket.socket, tuple]:
+    host, port, key = server.address(where)
+    return connect(host, port, 5.0), (host, port, key)
+
+
+def test_a_client_on_the_node_gets_a_unix_socket_and_one_elsewhere_tcp(server):
+    local = server.address(LOCAL)
+    assert local[0].startswith("unix:") and local[1] == 0 and server.address(LOCAL) == local  # one listener
+    assert server.address("127.0.0.1")[0] == "127.0.0.1"
+    for address in (local, server.address("127.0.0.1")):
+        channel = Channel(*address)
+        channel.send(pickle.dumps((6, 3)))
+        assert channel.receive(2.0) == 2
+        channel.close()
+    server.close()
+    with pytest.raises(OSError):  # closed: the name is gone with it
+        connect(local[0], 0, 1.0)
 
 
 def test_a_silent_peer_does_not_block_other_handshakes(server):
@@ -94,10 +108,11 @@ def test_a_silent_peer_does_not_block_other_handshakes(server):
     "behaviour",
     ["reset", "garbage", "huge length header", "wrong challenge answer", "silent past the deadline"],
 )
-def test_a_hostile_peer_never_stops_the_listener(behaviour):
+@pytest.mark.parametrize("where", ["127.0.0.1", LOCAL])
+def test_a_hostile_peer_never_stops_the_listener(behaviour, where):
     server = ChannelServer(handler, handshake_timeout_s=0.3)
     try:
-        peer, address = _connected(server)
+        peer, address = _connected(server, where)
         if behaviour == "reset":  # RST instead of FIN
             peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         elif behaviour == "garbage":
