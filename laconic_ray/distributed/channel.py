@@ -100,6 +100,7 @@ class ChannelServer:
         self.max_request_bytes = max_request_bytes
         self._handshakes = threading.BoundedSemaphore(max_handshakes)
         self._listeners: dict[str, socket.socket] = {}
+        self._addresses: dict[str, tuple[str, int]] = {}  # what address() gives clients, per listener
         self._lock = threading.Lock()
         self._closed = False
         self.requests = 0
@@ -112,19 +113,20 @@ class ChannelServer:
         with self._lock:
             if host not in self._listeners:
                 if host == LOCAL and sys.platform == "linux":
+                    name = f"laconic-channel-{os.getpid()}-{os.urandom(8).hex()}"
                     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    listener.bind(f"\0laconic-channel-{os.getpid()}-{os.urandom(8).hex()}")
+                    listener.bind("\0" + name)  # a leading NUL: the abstract namespace
                     listener.listen(128)
+                    where = (_UNIX + name, 0)
                 else:
                     listener = socket.create_server(("127.0.0.1" if host == LOCAL else host, 0), backlog=128)
+                    where = listener.getsockname()[:2]
                 self._listeners[host] = listener
+                self._addresses[host] = where
                 threading.Thread(
                     target=self._accept, args=(listener,), name=f"channel-accept-{host}", daemon=True
                 ).start()
-            name = self._listeners[host].getsockname()
-            if isinstance(name, bytes | str):  # AF_UNIX, abstract: a leading NUL
-                return _UNIX + (name.decode() if isinstance(name, bytes) else name).lstrip("\0"), 0, self.key
-            return name[0], name[1], self.key
+            return *self._addresses[host], self.key
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -200,6 +202,7 @@ class ChannelServer:
                     listener.shutdown(socket.SHUT_RDWR)
                 listener.close()
             self._listeners.clear()
+            self._addresses.clear()
 
 
 class ChannelClosed(RuntimeError):
