@@ -37,7 +37,13 @@ import ray
 import scipy.sparse as sp
 
 from laconic_ray.distributed.channel import LOCAL, Channel, ChannelClosed, ChannelServer
-from laconic_ray.distributed.requests import MicroBatcher, check_search_args, rows_to_csr, vector_row
+from laconic_ray.distributed.requests import (
+    MicroBatcher,
+    check_search_args,
+    check_vector,
+    rows_to_csr,
+    vector_row,
+)
 from laconic_ray.distributed.resources import size_for_cluster
 from laconic_ray.index.inverted import InvertedIndex, QueryError
 from laconic_ray.index.merge import merge_lists
@@ -258,6 +264,9 @@ class ShardedSearcher:
         self.vocab_size = int(self.manifest.metadata["vocab_size"])
         self.num_shards = len(self.manifest.files)
         check_search_args(1, mode)  # before any actor starts (each warms up in this mode)
+        # the query check's compiled kernel loaded now (~0.25 s from numba's cache), not by the first query:
+        # on an HTTP replica that stalled its event loop, and every request on it, for that long
+        check_vector([0], [1.0], 1)
         self.replicas, self.timeout_s, self.retries, self.mode = replicas, timeout_s, retries, mode
         self.max_restarts, self.startup_timeout_s = max_restarts, startup_timeout_s
         self.threads_per_shard = threads_per_shard
