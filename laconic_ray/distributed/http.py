@@ -16,6 +16,7 @@ Binds 127.0.0.1 unless configured otherwise.
 """
 
 import contextlib
+import gc
 import logging
 import time
 from typing import Annotated, Any
@@ -146,6 +147,16 @@ async def _invalid_request(request: Any, exc: RequestValidationError) -> JSONRes
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
+def tune_collector(threshold: int | None) -> None:
+    """Python's garbage collector in an HTTP replica (a process of its own: Serve starts one per replica),
+    which allocates many short-lived containers per request on one event loop: with Python's young-generation
+    threshold of 700, a 2-core VM at ~1,000 requests/s ran ~250 young collections a second and a full one
+    (9-18 ms, the event loop stopped) about every half second; at 20,000, none of either in 20 s
+    (benchmarks/README.md). Reference cycles are still collected, after more allocations. None: Python's."""
+    if threshold is not None:
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
+
+
 @serve.deployment
 @serve.ingress(app)
 class SearchService:
@@ -158,7 +169,9 @@ class SearchService:
         limits: dict[str, int],
         options: dict[str, Any],
         searcher_args: dict[str, Any],
+        gc_threshold: int | None,
     ) -> None:
+        tune_collector(gc_threshold)
         # the module's own dict, which BodyLimit reads: Serve may ship this class by value (cloudpickle), and
         # a by-value method's globals are a copy
         from laconic_ray.distributed import http as this_module
@@ -240,7 +253,7 @@ class SearchService:
 
     @app.get("/stats")
     def stats(self) -> dict[str, Any]:
-        return self.searcher.stats()
+        return {**self.searcher.stats(), "http_replica": {"gc_threshold": gc.get_threshold()}}
 
 
 # Serve's direct ingress (Ray 2.60): every HTTP replica also answers on a port of its own (30000 and up, on
@@ -341,6 +354,7 @@ def deploy(config, options: StorageOptions) -> str:
         limits,
         dataclasses.asdict(options),
         searcher_args,
+        config.http_gc_threshold,
     )
     try:
         serve.run(service, name=config.name, route_prefix="/")

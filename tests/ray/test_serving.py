@@ -243,7 +243,9 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
         with urllib.request.urlopen(f"{base}/health") as r:
             assert json.loads(r.read())["ok"]
         with urllib.request.urlopen(f"{base}/stats") as r:
-            assert json.loads(r.read())["docs"] == len(doc_ids)
+            stats = json.loads(r.read())
+        assert stats["docs"] == len(doc_ids)
+        assert stats["http_replica"]["gc_threshold"][0] == 20000  # as configured (Python's own: 700)
         with urllib.request.urlopen(f"{base}/openapi.json") as r:
             assert "/batch_search" in json.loads(r.read())["paths"]
         bad = [

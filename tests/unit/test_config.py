@@ -200,6 +200,30 @@ def test_serve_batching_knobs_are_checked():
         load_config(ServeConfig, "conf/serve.yaml", ["index=x", "in_flight=many"])
 
 
+def test_http_gc_threshold_is_checked_and_applied():
+    import gc
+
+    from laconic_ray.config import ServeConfig
+    from laconic_ray.distributed.http import tune_collector
+
+    assert load_config(ServeConfig, "conf/serve.yaml", ["index=x"]).http_gc_threshold == 20000
+    assert (
+        load_config(ServeConfig, "conf/serve.yaml", ["index=x", "http_gc_threshold=null"]).http_gc_threshold
+        is None
+    )
+    for bad in ("http_gc_threshold=0", "http_gc_threshold=-5"):  # 0 would turn the collector off
+        with pytest.raises(ConfigError, match="http_gc_threshold: must be >= 1 or null"):
+            load_config(ServeConfig, "conf/serve.yaml", ["index=x", bad])
+    before = gc.get_threshold()
+    try:
+        tune_collector(12345)
+        assert gc.get_threshold() == (12345, *before[1:])
+        tune_collector(None)  # null: left as it is
+        assert gc.get_threshold()[0] == 12345
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_search_modes_are_the_index_modes():
     from laconic_ray.config import SEARCH_MODES, EvalConfig, ServeConfig
     from laconic_ray.index.inverted import MODES
