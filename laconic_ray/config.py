@@ -820,9 +820,9 @@ class ServeConfig:
         check(self.in_flight is None or self.in_flight >= 1, "in_flight", "must be >= 1 or null")
         # (0 would turn the collector off: a reference cycle per request would then never be freed)
         check(
-            self.http_gc_threshold is None or self.http_gc_threshold >= 1,
+            self.http_gc_threshold is None or 1 <= self.http_gc_threshold < 2**31,
             "http_gc_threshold",
-            "must be >= 1 or null",
+            "must be in [1, 2**31) or null",
         )
         check(
             self.max_query_terms > 0 and self.max_body_bytes >= 1024,
