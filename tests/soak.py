@@ -6,7 +6,8 @@ channels, and HTTP through Serve's proxy) and compare every answer with in-proce
 vectors, the soak
 
 * sends bad queries on both paths (inf, NaN, finite weights whose repeated id sums to inf, 1e39, negative,
-  out-of-vocabulary, empty): each must be refused (QueryError / HTTP 4xx) with the field named;
+  out-of-vocabulary, empty): each must be refused (QueryError / HTTP 4xx) with the field named (an HTTP
+  server failure, 5xx or a dropped connection, is retried first, as by any client);
 * opens stray connections to every shard's channel listener (the one the client uses: a Unix socket on this
   node): silent (held open), reset, garbage bytes;
 * kills a shard actor's process (SIGKILL) and an HTTP replica (Serve starts another).
@@ -137,7 +138,14 @@ def _http_client(url, queries, expected, k, stop, give_up_s, stream: Stream) -> 
     connection.close()
 
 
-def _bad_queries(client, url, stop, every_s, counts: dict[str, Any]) -> None:
+def _since_fault(faults: list[tuple[str, float]]) -> str:
+    if not faults:
+        return "before any fault"
+    fault, at = faults[-1]
+    return f"{time.perf_counter() - at:.2f} s after {fault}"
+
+
+def _bad_queries(client, url, stop, every_s, give_up_s, faults, counts: dict[str, Any]) -> None:
     from laconic_ray.index.inverted import QueryError
 
     host, port = url.removeprefix("http://").split(":")
@@ -156,15 +164,26 @@ def _bad_queries(client, url, stop, every_s, counts: dict[str, Any]) -> None:
                 counts["not_refused"].append(f"python client: {name}: {e} (no field {field!r})")
         except Exception as e:
             counts["not_refused"].append(f"python client: {name}: {e!r}")
-        try:  # Python's json writes NaN/Infinity literals, which the service's parser reads
-            status, answer = _post(connection, "/search", {"vector": vector, "k": 10})
-        except (OSError, http.client.HTTPException) as e:
-            connection.close()
-            counts["not_refused"].append(f"http: {name}: {e!r}")
-            continue
+        # A request in flight on an HTTP replica that is killed gets Serve's 500 (or a dropped connection):
+        # a server failure, which a client retries, not an answer to the query. Retried as the good
+        # queries are, each retry recorded with the fault it followed; the answer must then be a refusal.
+        started = time.perf_counter()
+        while True:
+            try:  # Python's json writes NaN/Infinity literals, which the service's parser reads
+                status, answer = _post(connection, "/search", {"vector": vector, "k": 10})
+                if status < 500:
+                    break
+                failure = f"{status} {answer}"
+            except (OSError, http.client.HTTPException) as e:
+                connection.close()
+                status, answer, failure = None, None, repr(e)
+            counts["retried"].append(f"http: {name}: {failure[:200]} ({_since_fault(faults)})")
+            if time.perf_counter() - started > give_up_s:
+                break
+            time.sleep(0.05)
         named = field in json.dumps(answer)
-        counts["refused"] += 400 <= status < 500 and named
-        if not (400 <= status < 500 and named):
+        counts["refused"] += status is not None and 400 <= status < 500 and named
+        if not (status is not None and 400 <= status < 500 and named):
             counts["not_refused"].append(f"http: {name}: {status} {answer}")
     connection.close()
 
@@ -243,7 +262,8 @@ def run_soak(
     client = ShardedSearcher.attach(searcher.index, searcher.name, replicas=searcher.replicas, timeout_s=30)
     stop = threading.Event()
     streams = {"python_client": Stream("python_client"), "http": Stream("http")}
-    bad = {"sent": 0, "refused": 0, "not_refused": []}
+    bad: dict[str, Any] = {"sent": 0, "refused": 0, "not_refused": [], "retried": []}
+    faults: list[tuple[str, float]] = []
     threads = [
         threading.Thread(
             target=_python_client,
@@ -252,12 +272,11 @@ def run_soak(
         threading.Thread(
             target=_http_client, args=(url, queries, expected, k, stop, give_up_s, streams["http"])
         ),
-        threading.Thread(target=_bad_queries, args=(client, url, stop, bad_every_s, bad)),
+        threading.Thread(target=_bad_queries, args=(client, url, stop, bad_every_s, give_up_s, faults, bad)),
     ]
     for t in threads:
         t.start()
     held: list[socket.socket] = []
-    faults: list[tuple[str, float]] = []
     try:
         started = time.perf_counter()
         time.sleep(baseline_s)
@@ -285,6 +304,7 @@ def run_soak(
             "sent": bad["sent"],
             "refused_naming_the_field": bad["refused"],
             "other": bad["not_refused"][:10],
+            "retried_after_server_failure": bad["retried"][:10],
         },
         "streams": {},
     }
