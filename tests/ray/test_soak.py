@@ -75,11 +75,7 @@ def test_fault_soak_gives_no_wrong_or_lost_answers(ray_session, tmp_path, data_r
     assert report["bad_queries"]["refused_naming_the_field"] == report["bad_queries"]["sent"], report[
         "bad_queries"
     ]
-    # a bad query meets a server failure only when its replica is killed under it (Serve answers 500)
-    assert all(
-        "after kill http replica" in r and float(r.rsplit("(", 1)[1].split()[0]) < 3
-        for r in report["bad_queries"]["retried_after_server_failure"]
-    ), report["bad_queries"]
+    assert not report["bad_queries"]["server_failures_not_at_a_replica_kill"], report["bad_queries"]
     for name, stream in report["streams"].items():
         assert stream["answered"] > 100, (name, stream)
         assert stream["wrong"] == 0 and stream["lost"] == 0 and stream["partial"] == 0, (name, stream)
