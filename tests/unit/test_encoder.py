@@ -338,6 +338,11 @@ def test_a_peft_adapter_folder_loads_onto_its_base(tmp_path):
 
 
 def test_loading_an_unreachable_hub_id_says_what_to_do(monkeypatch):
+    from huggingface_hub import constants
+
+    # the hub client reads HF_HUB_OFFLINE once, at import (earlier in the session): the variable alone left
+    # this test retrying the network for ~24 s before the same message
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match=r"gated repo .* HF_TOKEN here, and on Ray workers in the nodes' own"):
         SparseEncoder.from_pretrained("meta-llama/Llama-3.2-1B")
