@@ -29,6 +29,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -104,32 +105,51 @@ def _post(connection: http.client.HTTPConnection, path: str, body: dict) -> tupl
         return response.status, {"raw": data[:200].decode(errors="replace")}
 
 
+def _post_retrying(
+    connection: http.client.HTTPConnection,
+    body: dict,
+    answered: Callable[[int], bool],
+    give_up_s: float,
+    retried: Callable[[str], None],
+) -> tuple[int | None, Any, str]:
+    """POST /search until the status is ``answered`` or ``give_up_s`` has passed, reporting each failed
+    attempt (another status, a dropped connection) to ``retried``: ``(status, answer, last failure)``, the
+    status None when the last attempt got no answer."""
+    started = time.perf_counter()
+    while True:
+        try:  # Python's json writes NaN/Infinity literals, which the service's parser reads
+            status, answer = _post(connection, "/search", body)
+            if answered(status):
+                return status, answer, ""
+            failure = f"HTTP {status}: {answer}"
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()  # reconnects on the next request
+            status, answer, failure = None, None, repr(e)
+        retried(failure)
+        if time.perf_counter() - started > give_up_s:
+            return status, answer, failure
+        time.sleep(0.05)
+
+
 def _http_client(url, queries, expected, k, stop, give_up_s, stream: Stream) -> None:
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def retried(failure: str) -> None:
+        stream.retried += 1
+        stream.retry_reasons.append(failure[:300])
+
     i = 0
     while not stop.is_set():
         q = i % len(queries)
         started = time.perf_counter()
-        body = None
-        while True:
-            try:
-                status, answer = _post(connection, "/search", {"vector": queries[q], "k": k})
-                if status == 200:
-                    body = answer
-                    break
-                failure = f"HTTP {status}: {answer}"
-            except (OSError, http.client.HTTPException) as e:
-                failure = repr(e)
-                connection.close()  # reconnects on the next request
-            stream.retried += 1
-            stream.retry_reasons.append(failure[:300])
-            if time.perf_counter() - started > give_up_s:
-                stream.lost += 1
-                stream.errors.append(failure)
-                break
-            time.sleep(0.05)
-        if body is not None:
+        status, body, failure = _post_retrying(
+            connection, {"vector": queries[q], "k": k}, lambda status: status == 200, give_up_s, retried
+        )
+        if status != 200:
+            stream.lost += 1
+            stream.errors.append(failure)
+        else:
             stream.timeline.append((started, time.perf_counter() - started))
             stream.answered += 1
             stream.partial += body["partial"]
@@ -168,20 +188,15 @@ def _bad_queries(client, url, stop, every_s, give_up_s, faults, counts: dict[str
         # A request in flight on an HTTP replica that is killed gets Serve's 500 (or a dropped connection):
         # a server failure, which a client retries, not an answer to the query. Retried as the good
         # queries are, each retry recorded with the fault it followed; the answer must then be a refusal.
-        started = time.perf_counter()
-        while True:
-            try:  # Python's json writes NaN/Infinity literals, which the service's parser reads
-                status, answer = _post(connection, "/search", {"vector": vector, "k": 10})
-                if status < 500:
-                    break
-                failure = f"{status} {answer}"
-            except (OSError, http.client.HTTPException) as e:
-                connection.close()
-                status, answer, failure = None, None, repr(e)
-            counts["retried"].append({"query": name, "failure": failure[:200], **_after_fault(faults)})
-            if time.perf_counter() - started > give_up_s:
-                break
-            time.sleep(0.05)
+        status, answer, _ = _post_retrying(
+            connection,
+            {"vector": vector, "k": 10},
+            lambda status: status < 500,
+            give_up_s,
+            lambda failure, name=name: counts["retried"].append(
+                {"query": name, "failure": failure[:200], **_after_fault(faults)}
+            ),
+        )
         named = field in json.dumps(answer)
         counts["refused"] += status is not None and 400 <= status < 500 and named
         if not (status is not None and 400 <= status < 500 and named):
