@@ -9,9 +9,9 @@ on the *merged* query (duplicate ids summed, as the index does): two finite weig
 Micro-batching: a shard answers a batch of queries in one call for little more than one query costs (the
 per-call overhead of pickling, sockets, thread wake-ups and the Python wrapper is paid once), so concurrent
 callers are served together. No timer is needed for that: while one batch is with the shards, new queries
-queue; when it returns, everything queued goes as the next batch (up to ``max_queries``). An idle service
-thus answers a lone query at once, and a busy one batches as deep as its load. ``wait_s`` optionally holds a
-batch that long for more queries (more throughput, more latency).
+queue; when it returns, everything queued goes out (up to ``max_queries`` a batch, split over the free
+in-flight slots). An idle service thus answers a lone query at once, and a busy one batches as deep as its
+load. ``wait_s`` optionally holds a batch that long for more queries (more throughput, more latency).
 """
 
 from __future__ import annotations
@@ -145,8 +145,9 @@ class MicroBatcher:
     A caller that finds a free slot leads: it runs batches on its own thread (no hand-off when idle) until its
     own request is answered, then hands its slot to the oldest waiting caller, if any; every other caller
     sleeps on an event of its own, woken once, when its answer (or the lead) is there. A batch takes the
-    queued requests of the first one's mode, in arrival order, up to ``max_queries`` queries, and is run with
-    the largest ``k`` among them; each caller gets its first ``k`` (a merged top-K holds every top-k).
+    queued requests of the first one's mode, in arrival order, up to ``max_queries`` queries and up to its
+    share of the queue when other slots are free (the rest goes to a helper leader it starts, so that callers
+    answered together go out as parallel batches), and is run with the largest ``k`` among them; each caller gets its first ``k`` (a merged top-K holds every top-k).
     ``truncate(result, k)`` cuts one result to ``k``. A :class:`QueryError` from a batch of several requests
     is retried request by request, so that only the offending caller gets it.
     """
@@ -167,7 +168,8 @@ class MicroBatcher:
         self._arrived = threading.Condition(
             self._lock
         )  # only a leader holding a batch for wait_s waits on it
-        self._inflight = 0
+        self._inflight = 0  # leaders' slots taken
+        self._executing = 0  # leaders with a batch out
         self._queued = 0  # queries in the queue
         self._holding = 0  # leaders waiting (up to wait_s) for a batch to fill
         self._pool: ThreadPoolExecutor | None = None  # leader threads for asyncio callers (asubmit)
@@ -231,21 +233,39 @@ class MicroBatcher:
                     batch = self._take()
                     if not batch:  # someone else's batch answered ours meanwhile (max_inflight > 1)
                         break
-                self._execute(batch)
+                    self._executing += 1
+                    helper = self._successor() if self._queue and self._inflight < self.max_inflight else None
+                if helper is not None and helper.future is not None:
+                    self._leaders().submit(self._lead, helper)
+                try:
+                    self._execute(batch)
+                finally:
+                    with self._lock:
+                        self._executing -= 1
             with self._lock:
                 own.lead = False
-                successor = next((r for r in self._queue if not r.lead), None)  # one slot per caller
+                successor = self._successor()
+                self._inflight -= 1  # the successor's slot was counted again by _successor
                 if successor is None:
-                    self._inflight -= 1
-                    return
-                successor.lead = True
-                if successor.future is None:
-                    successor.wake.put(None)
                     return
             if own.future is None:  # a thread caller returns to its own caller; a batcher thread leads on
-                self._leaders().submit(self._lead, successor)
+                if successor.future is not None:
+                    self._leaders().submit(self._lead, successor)
+                return
+            if successor.future is None:
                 return
             own = successor
+
+    def _successor(self) -> _Request | None:
+        """The oldest queued caller not leading yet, handed a slot of its own (called holding the lock); a
+        thread caller is woken to lead, an asyncio one is the caller's to start on a batcher thread."""
+        successor = next((r for r in self._queue if not r.lead), None)  # one slot per caller
+        if successor is not None:
+            successor.lead = True
+            self._inflight += 1
+            if successor.future is None:
+                successor.wake.put(None)
+        return successor
 
     def _take(self) -> list[_Request]:
         """The next batch (called holding the lock). When the last batch was larger than what is queued now,
@@ -263,11 +283,16 @@ class MicroBatcher:
                 self._holding -= 1
         if not self._queue:
             return []
+        # a share of the queue for every slot not searching now (this one's included), the rest for a helper
+        # leader: callers answered together come back together (an event loop's tasks all at once), and one
+        # batch of them all would leave the other slots, and the shard threads they would use, idle
+        share = -(-self._queued // max(1, self.max_inflight - self._executing))
+        limit = min(self.max_queries, share)
         mode, batch, size, kept = self._queue[0].mode, [], 0, collections.deque()
         while self._queue:
             request = self._queue.popleft()
             rows = len(request.rows)
-            if request.mode != mode or (batch and size + rows > self.max_queries):
+            if request.mode != mode or (batch and size + rows > limit):
                 kept.append(request)
                 continue
             batch.append(request)

@@ -162,6 +162,7 @@ def test_modes_are_never_mixed_and_batches_respect_max_queries():
             _Request(rows(1), 1, "exact"),
         ]
     )
+    batcher._queued = 6
     first = batcher._take()
     assert [len(r.rows) for r in first] == [2, 2] and all(r.mode == "exact" for r in first)
     assert [r.mode for r in batcher._queue] == ["approximate", "exact"]  # order kept for the next batches
@@ -248,3 +249,40 @@ def test_asyncio_callers_and_threads_share_batches_and_each_gets_its_own():
     asyncio.run(asyncio.wait_for(main(), 120))
     assert wrong == [] and batcher._inflight == 0 and not batcher._queue
     assert batcher.batches < batcher.queries  # coroutines shared batches
+
+
+def test_callers_answered_together_are_split_over_the_free_slots():
+    """An event loop's callers are answered in one step and come back together: one batch of them all would
+    leave the other slot, and the shard threads it would use, idle (the HTTP replica searched one batch at a
+    time: 16 of 16 clients in every batch). Each free slot gets a share, so two batches are out at once."""
+    import asyncio
+    import statistics
+    import time
+
+    sizes: list[int] = []
+    out, peak = [0], [0]
+    lock = threading.Lock()
+
+    def shards(indptr, indices, values, k, mode):
+        with lock:
+            sizes.append(len(indptr) - 1)
+            out[0] += 1
+            peak[0] = max(peak[0], out[0])
+        time.sleep(0.005)  # the shards searching: no GIL held
+        with lock:
+            out[0] -= 1
+        return [int(indices[indptr[i]]) for i in range(len(indptr) - 1)]
+
+    batcher = MicroBatcher(shards, lambda r, k: r, max_inflight=2)
+
+    async def caller(t: int) -> None:
+        for j in range(30):
+            assert await batcher.asubmit(rows(1, 100 * t + j), 1, "exact") == [100 * t + j]
+
+    async def main() -> None:
+        await asyncio.gather(*(caller(t) for t in range(16)))
+
+    asyncio.run(main())
+    batcher._pool.shutdown(wait=True)  # the leader threads give their slots up just after the last answer
+    assert peak[0] == 2 and statistics.median(sizes) <= 8, (peak, sizes)
+    assert batcher.queries == 16 * 30 and batcher._inflight == 0 and batcher._executing == 0
