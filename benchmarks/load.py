@@ -10,6 +10,8 @@ shard actors and the HTTP replica on this machine's cores, as `laconic serve` ru
   (``one_thread_qps``: the same on one thread, what one shard actor with ``threads_per_shard=1`` can do);
 * ``python``: ``concurrency`` threads of one process share one ``ShardedSearcher`` (direct channels,
   micro-batching), each sending one query at a time, closed loop, for ``--seconds``;
+* ``asyncio``: ``concurrency`` asyncio tasks of one event loop share the same ``ShardedSearcher``, each
+  awaiting one query at a time (``abatch_search``, the path an asyncio service and the HTTP replica take);
 * ``http``: ``concurrency`` keep-alive connections, from threads of a separate process, each POSTing one
   query at a time to the HTTP replica's own port (Serve direct ingress, `laconic serve`'s default), or with
   ``--via proxy`` to Serve's port (its proxy actor, port 8000 by default).
@@ -87,8 +89,33 @@ def python_load(client, rows, concurrency: int, seconds: float) -> dict:
     stop.set()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
-    every = np.concatenate([np.asarray(x) for x in latencies])
+    return summary(latencies, time.perf_counter() - started)
+
+
+def asyncio_load(client, rows, concurrency: int, seconds: float) -> dict:
+    import asyncio
+
+    latencies: list[float] = []
+
+    async def run(slot: int, until: float) -> None:
+        i = slot * 997
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            await client.abatch_search([rows[i % len(rows)]], 10)
+            latencies.append(time.perf_counter() - started)
+            i += 1
+
+    async def load() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(run(s, started + seconds) for s in range(concurrency)))
+        return time.perf_counter() - started
+
+    return summary([latencies], asyncio.run(load()))
+
+
+def summary(latencies: list[list[float]], elapsed: float) -> dict:
+    """QPS, p50 and p99 of per-caller latency lists."""
+    every = np.concatenate([np.asarray(x, float) for x in latencies])
     return {
         "qps": round(len(every) / elapsed, 1),
         "p50_ms": round(1000 * float(np.percentile(every, 50)), 3),
@@ -147,18 +174,7 @@ def http_client(url: str, bodies_file: str, concurrency: int, seconds: float) ->
     stop.set()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
-    every = np.concatenate([np.asarray(x) for x in latencies])
-    print(
-        json.dumps(
-            {
-                "qps": round(len(every) / elapsed, 1),
-                "p50_ms": round(1000 * float(np.percentile(every, 50)), 3),
-                "p99_ms": round(1000 * float(np.percentile(every, 99)), 3),
-                "errors": sum(errors),
-            }
-        )
-    )
+    print(json.dumps({**summary(latencies, time.perf_counter() - started), "errors": sum(errors)}))
 
 
 def main() -> None:
@@ -170,7 +186,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--threads-per-shard", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=None, help="batches out at once (default max(2, R))")
-    parser.add_argument("--clients", default="python,http")
+    parser.add_argument("--clients", default="python,asyncio,http")
     parser.add_argument("--http-replicas", type=int, default=1)
     parser.add_argument(
         "--via",
@@ -258,10 +274,14 @@ def main() -> None:
         searcher = searcher_from(config, name=config.name)
         cells: dict[str, dict] = {}
         try:
-            for c in concurrency if "python" in clients else []:
-                warm(searcher, rows)
-                cells[f"python c={c}"] = beside_ceiling(python_load, searcher, rows, c, args.seconds)
-                print(json.dumps({layout: {f"python c={c}": cells[f"python c={c}"]}}), file=sys.stderr)
+            for c in concurrency:
+                for kind, cell in (("python", python_load), ("asyncio", asyncio_load)):
+                    if kind in clients:
+                        warm(searcher, rows)
+                        cells[f"{kind} c={c}"] = beside_ceiling(cell, searcher, rows, c, args.seconds)
+                        print(
+                            json.dumps({layout: {f"{kind} c={c}": cells[f"{kind} c={c}"]}}), file=sys.stderr
+                        )
             if "http" in clients:
                 deploy(config, config.storage.options())
                 deadline = time.monotonic() + 60  # every replica's own port, not only the first up
