@@ -147,9 +147,10 @@ class MicroBatcher:
     sleeps on an event of its own, woken once, when its answer (or the lead) is there. A batch takes the
     queued requests of the first one's mode, in arrival order, up to ``max_queries`` queries and up to its
     share of the queue when other slots are free (the rest goes to a helper leader it starts, so that callers
-    answered together go out as parallel batches), and is run with the largest ``k`` among them; each caller gets its first ``k`` (a merged top-K holds every top-k).
-    ``truncate(result, k)`` cuts one result to ``k``. A :class:`QueryError` from a batch of several requests
-    is retried request by request, so that only the offending caller gets it.
+    answered together go out as parallel batches), and is run with the largest ``k`` among them; each caller
+    gets its first ``k`` (a merged top-K holds every top-k). ``truncate(result, k)`` cuts one result to ``k``.
+    A :class:`QueryError` from a batch of several requests is retried request by request, so that only the
+    offending caller gets it.
     """
 
     def __init__(

@@ -253,8 +253,8 @@ def test_asyncio_callers_and_threads_share_batches_and_each_gets_its_own():
 
 def test_callers_answered_together_are_split_over_the_free_slots():
     """An event loop's callers are answered in one step and come back together: one batch of them all would
-    leave the other slot, and the shard threads it would use, idle (the HTTP replica searched one batch at a
-    time: 16 of 16 clients in every batch). Each free slot gets a share, so two batches are out at once."""
+    leave the other slot, and the shard threads it would use, idle (16 asyncio clients of a 1-shard service
+    were all in every batch). Each free slot gets a share, so two batches are out at once."""
     import asyncio
     import statistics
     import time
@@ -282,7 +282,7 @@ def test_callers_answered_together_are_split_over_the_free_slots():
     async def main() -> None:
         await asyncio.gather(*(caller(t) for t in range(16)))
 
-    asyncio.run(main())
+    asyncio.run(asyncio.wait_for(main(), 120))
     batcher._pool.shutdown(wait=True)  # the leader threads give their slots up just after the last answer
     assert peak[0] == 2 and statistics.median(sizes) <= 8, (peak, sizes)
     assert batcher.queries == 16 * 30 and batcher._inflight == 0 and batcher._executing == 0
