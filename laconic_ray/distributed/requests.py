@@ -211,7 +211,7 @@ class MicroBatcher:
         request = _Request(rows, int(k), mode, future=loop.create_future())
         self._enqueue(request)
         if request.lead:
-            self._leaders().submit(self._lead, request)
+            self._start(request)
         return await request.future
 
     def close(self) -> None:
@@ -236,8 +236,8 @@ class MicroBatcher:
                         break
                     self._executing += 1
                     helper = self._successor() if self._queue and self._inflight < self.max_inflight else None
-                if helper is not None and helper.future is not None:
-                    self._leaders().submit(self._lead, helper)
+                if helper is not None:
+                    self._start(helper)
                 try:
                     self._execute(batch)
                 finally:
@@ -249,13 +249,17 @@ class MicroBatcher:
                 self._inflight -= 1  # the successor's slot was counted again by _successor
                 if successor is None:
                     return
-            if own.future is None:  # a thread caller returns to its own caller; a batcher thread leads on
-                if successor.future is not None:
-                    self._leaders().submit(self._lead, successor)
+            if own.future is None or successor.future is None:
+                # a thread caller returns to its own caller; a thread successor leads on its own thread
+                self._start(successor)
                 return
-            if successor.future is None:
-                return
-            own = successor
+            own = successor  # this batcher thread leads on for the next asyncio caller
+
+    def _start(self, leader: _Request) -> None:
+        """Start the lead handed to ``leader`` (not holding the lock): a thread caller was woken to lead on
+        its own thread already; an asyncio caller's lead runs on a thread of this batcher."""
+        if leader.future is not None:
+            self._leaders().submit(self._lead, leader)
 
     def _successor(self) -> _Request | None:
         """The oldest queued caller not leading yet, handed a slot of its own (called holding the lock); a
