@@ -19,6 +19,7 @@ import ray
 from laconic_ray import sparse, storage
 from laconic_ray.config import IndexConfig
 from laconic_ray.distributed.cluster import ensure_ray, task_env
+from laconic_ray.distributed.resources import cpus_per_task
 from laconic_ray.index.partition import (
     build_shard,
     global_scale,
@@ -43,14 +44,15 @@ def run_index(config: IndexConfig) -> dict[str, Any]:
             "%s is already complete (%d shards); force=true to rebuild", config.output, len(manifest.files)
         )
         return {"output": config.output, "skipped": "already complete", **manifest.metadata}
-    storage.remove(storage.join(config.output, storage.MANIFEST_NAME), options)
     source = storage.read_manifest(config.input, options, kind=sparse.SPARSE_KIND)
     meta = source.metadata
     vocab_size, weight_format = int(meta["vocab_size"]), meta.get("weight_format", "float")
     ensure_ray(config.ray)
+    num_cpus = cpus_per_task(config.num_cpus_per_task, "num_cpus_per_task")  # before anything is removed
+    storage.remove(storage.join(config.output, storage.MANIFEST_NAME), options)
     started = time.perf_counter()
     remote = {
-        "num_cpus": config.num_cpus_per_task,
+        "num_cpus": num_cpus,
         "max_retries": config.max_retries,
         "runtime_env": task_env(),
     }

@@ -9,7 +9,11 @@ forever on a 2-core laptop. So before starting actors, a stage adds up what they
   mostly wait on sockets; fractional CPUs are fine), and the choice is logged;
 * on a remote cluster nothing is resized: a request that cannot fit is refused at once, naming the knobs.
 
-``fit`` is the arithmetic (pure); ``size_for_cluster`` asks Ray.
+Tasks are checked one at a time (``cpus_per_task``): a task runs only on a node with that many CPUs, and when
+no node has them Ray waits forever (``laconic index num_cpus_per_task=4`` on a 2-core laptop did, printing an
+autoscaler error every 35 s), so a local cluster runs it on its largest node's CPUs and a remote one refuses.
+
+``fit`` is the arithmetic (pure); ``size_for_cluster`` and ``cpus_per_task`` ask Ray.
 """
 
 from __future__ import annotations
@@ -83,3 +87,20 @@ def size_for_cluster(groups: dict[str, tuple[int, float]], knobs: str) -> dict[s
         knobs,
     )
     return sized
+
+
+def cpus_per_task(asked: float, knob: str) -> float:
+    """CPUs for each of a stage's tasks: ``asked`` when some alive node has that many, else (local cluster)
+    the largest node's CPUs, logged, else :class:`ResourceError` naming ``knob``."""
+    import ray
+
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if asked <= largest + 1e-9:
+        return asked
+    if largest <= 0 or not local_cluster():
+        raise ResourceError(
+            f"{knob}={asked:g} but the largest node has {largest:g} CPUs, so no task could ever start: "
+            f"lower {knob}, or add nodes with more CPUs"
+        )
+    log.info("%s=%g but this machine's largest node has %g CPUs: using %g", knob, asked, largest, largest)
+    return largest

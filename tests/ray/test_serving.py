@@ -469,6 +469,26 @@ def test_shard_actors_that_cannot_start_fail_fast_with_the_knobs_named(ray_sessi
     _wait_for_cpus(free)  # the actors that did start were killed: their CPUs come back
 
 
+@pytest.mark.timeout(180)  # the old code waited forever for a node with 64 CPUs
+def test_index_tasks_asking_more_cpus_than_any_node_has_run_locally_and_are_refused_remotely(
+    ray_session, vectors, tmp_path, monkeypatch
+):
+    from laconic_ray.distributed import resources
+
+    uri, doc_ids, _, _ = vectors
+    index = str(tmp_path / "index")
+    # a local cluster (this machine's 4 CPUs here): each task runs on the largest node's CPUs instead
+    assert build(uri, index, "num_shards=2", "num_cpus_per_task=64")["docs"] == len(doc_ids)
+    # a remote cluster: refused at once, naming the knob, and the complete index already there is kept
+    monkeypatch.setattr(resources, "local_cluster", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(resources.ResourceError, match="num_cpus_per_task=64 but the largest node has 4 CPUs"):
+        build(uri, index, "num_shards=2", "num_cpus_per_task=64", "force=true")
+    assert time.monotonic() - started < 30
+    assert storage.exists(os.path.join(index, storage.MANIFEST_NAME))
+    assert build(uri, index, "num_shards=2")["skipped"] == "already complete"
+
+
 def _wait_for_cpus(free: float, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
