@@ -13,7 +13,11 @@ Tasks are checked one at a time (``cpus_per_task``): a task runs only on a node 
 no node has them Ray waits forever (``laconic index num_cpus_per_task=4`` on a 2-core laptop did, printing an
 autoscaler error every 35 s), so a local cluster runs it on its largest node's CPUs and a remote one refuses.
 
-``fit`` is the arithmetic (pure); ``size_for_cluster`` and ``cpus_per_task`` ask Ray.
+A training worker group is checked whole (``check_worker_group``): on a cluster without an autoscaler, Ray
+Train waits 60 s for workers it can never place, calls it a failure, and retries for ever (`laconic train
+scaling.use_gpu=true` on a CPU machine did), so such a group is refused before anything starts.
+
+``fit`` and ``placeable`` are the arithmetic (pure); the other functions ask Ray.
 """
 
 from __future__ import annotations
@@ -104,3 +108,49 @@ def cpus_per_task(asked: float, knob: str) -> float:
         )
     log.info("%s=%g but this machine's largest node has %g CPUs: using %g", knob, asked, largest, largest)
     return largest
+
+
+def placeable(nodes: list[dict[str, float]], per_worker: dict[str, float], strategy: str = "PACK") -> int:
+    """How many workers needing ``per_worker`` each fit on ``nodes`` (each node's resource totals): at most one
+    per node under ``STRICT_SPREAD``, all on one node under ``STRICT_PACK``."""
+    needs = {name: amount for name, amount in per_worker.items() if amount > 0}
+    counts = [
+        min((int((node.get(k, 0.0) + 1e-9) // v) for k, v in needs.items()), default=1 << 30)
+        for node in nodes
+    ]
+    if strategy == "STRICT_PACK":
+        return max(counts, default=0)
+    return sum(min(c, 1) for c in counts) if strategy == "STRICT_SPREAD" else sum(counts)
+
+
+def check_worker_group(per_worker: dict[str, float], workers: int, strategy: str = "PACK") -> None:
+    """Raise :class:`ResourceError` when this cluster can never place ``workers`` training workers of
+    ``per_worker`` each. A cluster with an autoscaler is left to Ray Train's own check (nodes may come)."""
+    import ray
+
+    try:
+        from ray._private.state import state
+
+        if state.get_max_resources_from_cluster_config():
+            return
+    except Exception:  # Ray's private API moved: keep Ray Train's own behaviour
+        return
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    fits = placeable(nodes, per_worker, strategy)
+    if fits >= workers:
+        return
+    totals = {k: sum(node.get(k, 0.0) for node in nodes) for k in per_worker}
+    advice = (
+        "scaling.use_gpu=false trains on CPUs"
+        if per_worker.get("GPU", 0) > 0 and not totals["GPU"]
+        else "lower scaling.num_workers (or the phase's num_workers) or scaling.cpus_per_worker"
+    )
+    raise ResourceError(
+        f"{workers} training workers of {_brief(per_worker)} each: this cluster (no autoscaler; "
+        f"{_brief(totals)} in all) can place {fits} ({strategy})"
+        f", and Ray Train would wait for the rest for ever: {advice}, or add nodes"
+    )
+
+
+def _brief(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in resources.items())

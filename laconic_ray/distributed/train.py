@@ -33,6 +33,7 @@ from laconic_ray import storage
 from laconic_ray.config import PhaseConfig, TrainConfig, to_dict
 from laconic_ray.data.examples import example_files
 from laconic_ray.distributed.cluster import ensure_ray, worker_env
+from laconic_ray.distributed.resources import check_worker_group
 from laconic_ray.model.build import build_encoder, encoder_settings, resolve_term_weights
 from laconic_ray.model.encoder import LACONIC_FILE, SparseEncoder, dense_to_csr
 from laconic_ray.model.losses import FlopsSchedule
@@ -405,7 +406,7 @@ def run_phase(config: TrainConfig, index: int) -> dict[str, Any]:
             f"phase {index} starts from phase {index - 1}'s export, which is missing under "
             f"{config.output}; run phase {index - 1} first"
         )
-    world = phase.num_workers or config.scaling.num_workers
+    world = _world(config, index)
     data_uri = phase.data or (config.phase1.data if index == 0 else "")
     manifest, files = example_files(data_uri, options)
     total_steps, accumulation = _steps(phase, manifest.total_rows, world)
@@ -449,9 +450,7 @@ def run_phase(config: TrainConfig, index: int) -> dict[str, Any]:
             "run": config.name,
         },
     )
-    resources = {"CPU": config.scaling.cpus_per_worker, **config.scaling.resources_per_worker}
-    if config.scaling.use_gpu:
-        resources["GPU"] = config.scaling.gpus_per_worker
+    resources = worker_resources(config)
     storage_fs, storage_path = storage.pyarrow_filesystem(storage.join(config.output, "ray"), options)
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
@@ -502,6 +501,18 @@ def read_history(uri: str, options: storage.StorageOptions | None = None) -> lis
     return [json.loads(line) for line in storage.read_bytes(uri, options).decode().splitlines() if line]
 
 
+def _world(config: TrainConfig, index: int) -> int:
+    return getattr(config, f"phase{index}").num_workers or config.scaling.num_workers
+
+
+def worker_resources(config: TrainConfig) -> dict[str, float]:
+    """What each training worker reserves (Ray Train's ``resources_per_worker``)."""
+    resources = {"CPU": config.scaling.cpus_per_worker, **config.scaling.resources_per_worker}
+    if config.scaling.use_gpu:
+        resources["GPU"] = config.scaling.gpus_per_worker
+    return resources
+
+
 def run_train(config: TrainConfig) -> dict[str, Any]:
     if config.model.name_or_path:  # before the cluster: a model the driver cannot reach fails in one line
         from laconic_ray.model.encoder import check_model_source
@@ -515,6 +526,8 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
         config, model=resolve_term_weights(config.model, config.output, config.storage.options())
     )
     ensure_ray(config.ray)
+    for index in config.phases():  # a worker group the cluster can never hold fails now, not after phase 1
+        check_worker_group(worker_resources(config), _world(config, index), config.scaling.placement_strategy)
     phases = [run_phase(config, index) for index in config.phases()]
     return {
         "output": config.output,

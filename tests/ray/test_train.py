@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -118,6 +119,23 @@ def test_curriculum_on_s3_learns_chains_phases_and_exports_exactly(ray_session, 
 
 # FSDP2 on CPU (gloo): sharded parameters, sharded DCP checkpoints and a gathered export under Ray Train
 RESUME = ["phase=1", "phase1.steps=10", "checkpoint_every=3", "parallelism=fsdp", "mixed_precision=none"]
+
+
+@pytest.mark.timeout(120)  # the old code retried a worker group start every 60 s, for ever
+def test_a_worker_group_the_cluster_can_never_hold_is_refused_at_once(ray_session, data, tmp_path):
+    from laconic_ray.distributed.resources import ResourceError
+
+    started = time.monotonic()
+    # this session's cluster: one node, 4 CPUs, no GPU, no autoscaler
+    with pytest.raises(
+        ResourceError,
+        match=r"2 training workers of 1 CPU, 1 GPU each: .* can place 0 \(PACK\).*scaling.use_gpu=false",
+    ):
+        train(str(tmp_path / "gpu"), data, "scaling.use_gpu=true")
+    with pytest.raises(ResourceError, match=r"can place 4 \(PACK\).*lower scaling.num_workers"):
+        train(str(tmp_path / "many"), data, "scaling.num_workers=2", "phase2.num_workers=5")
+    assert time.monotonic() - started < 30
+    assert not os.path.exists(tmp_path / "many" / "ray")  # refused before phase 1 started, not after it
 
 
 def consumed(trace_dir):

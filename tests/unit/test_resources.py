@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from laconic_ray.distributed.resources import describe, fit
+from laconic_ray.distributed.resources import describe, fit, placeable
 
 
 def test_actors_that_fit_are_left_alone_and_others_scaled_alike():
@@ -13,3 +13,15 @@ def test_actors_that_fit_are_left_alone_and_others_scaled_alike():
     assert 2 * sized["shard actors"] + sized["HTTP replicas"] <= 2.0
     assert fit({"shard actors": (100, 1.0)}, 2.0) == {"shard actors": 0.05}  # the floor (the caller refuses)
     assert describe({"a": (2, 1.0), "b": (0, 3.0)}) == "2 a x 1 CPU"
+
+
+def test_training_workers_are_counted_per_node_and_per_placement_strategy():
+    nodes = [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 2.0}]
+    assert placeable(nodes, {"CPU": 1.0, "GPU": 1.0}) == 3  # GPUs bound it; the CPU-only node holds none
+    assert placeable(nodes, {"CPU": 3.0}) == 2 + 1  # per node, not the cluster's 14 CPUs / 3
+    assert placeable(nodes, {"CPU": 0.5, "GPU": 0.0}) == 28  # a zero amount is no constraint
+    assert placeable(nodes, {"CPU": 1.0}, "STRICT_SPREAD") == 3
+    assert placeable(nodes, {"CPU": 1.0}, "STRICT_PACK") == 8
+    assert placeable([{"CPU": 1.0}], {"CPU": 1.0, "GPU": 1.0}) == 0
+    assert placeable([{"CPU": 0.3 * 10}], {"CPU": 0.3}) == 10  # float sums are not floored one short
+    assert placeable([], {"CPU": 1.0}) == 0
