@@ -60,7 +60,13 @@ def local_cluster() -> bool:
     here = {"127.0.0.1", ray.util.get_node_ip_address()}
     with contextlib.suppress(OSError):  # a host name that does not resolve: the addresses above will do
         here.add(socket.gethostbyname(socket.gethostname()))
-    return all(node["NodeManagerAddress"] in here for node in ray.nodes() if node.get("Alive"))
+    return all(node["NodeManagerAddress"] in here for node in _alive_nodes())
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+
+    return [node for node in ray.nodes() if node.get("Alive")]
 
 
 def size_for_cluster(groups: dict[str, tuple[int, float]], knobs: str) -> dict[str, float]:
@@ -96,9 +102,7 @@ def size_for_cluster(groups: dict[str, tuple[int, float]], knobs: str) -> dict[s
 def cpus_per_task(asked: float, knob: str) -> float:
     """CPUs for each of a stage's tasks: ``asked`` when some alive node has that many, else (local cluster)
     the largest node's CPUs, logged, else :class:`ResourceError` naming ``knob``."""
-    import ray
-
-    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    largest = max((node["Resources"].get("CPU", 0.0) for node in _alive_nodes()), default=0.0)
     if asked <= largest + 1e-9:
         return asked
     if largest <= 0 or not local_cluster():
@@ -126,8 +130,6 @@ def placeable(nodes: list[dict[str, float]], per_worker: dict[str, float], strat
 def check_worker_group(per_worker: dict[str, float], workers: int, strategy: str = "PACK") -> None:
     """Raise :class:`ResourceError` when this cluster can never place ``workers`` training workers of
     ``per_worker`` each. A cluster with an autoscaler is left to Ray Train's own check (nodes may come)."""
-    import ray
-
     try:
         from ray._private.state import state
 
@@ -135,7 +137,7 @@ def check_worker_group(per_worker: dict[str, float], workers: int, strategy: str
             return
     except Exception:  # Ray's private API moved: keep Ray Train's own behaviour
         return
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    nodes = [node["Resources"] for node in _alive_nodes()]
     fits = placeable(nodes, per_worker, strategy)
     if fits >= workers:
         return
