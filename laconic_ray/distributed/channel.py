@@ -214,6 +214,7 @@ class Channel:
     ``receive``, and call ``receive`` after every successful ``send`` (or ``close``)."""
 
     def __init__(self, host: str, port: int, key: bytes, connect_timeout_s: float = 2.0) -> None:
+        self.address = (host, port, key)  # a restarted actor listens elsewhere, with another key
         sock = connect(host, port, connect_timeout_s)
         sock.settimeout(None)  # blocking again: waits after the handshake use poll() with a deadline
         _receive_timeout(sock, connect_timeout_s)  # ... and the handshake's reads fail after this long
@@ -229,6 +230,7 @@ class Channel:
         _set_receive_timeout(self.conn, 0.0)
         self.lock = threading.Lock()
         self._seq = 0
+        self.answered = 0  # answers read (the handler's exceptions included)
 
     def send(self, data: bytes) -> None:
         """Send one pickled payload (the same bytes may go to every shard: the sequence number is framed
@@ -251,6 +253,7 @@ class Channel:
             if seq != self._seq:
                 raise ChannelClosed(f"answer to request {seq} while waiting for {self._seq}")
             ok, value = pickle.loads(memoryview(message)[_SEQ.size :])
+            self.answered += 1
         except (EOFError, OSError, struct.error, pickle.UnpicklingError) as e:
             self.close()
             raise ChannelClosed(str(e) or type(e).__name__) from None

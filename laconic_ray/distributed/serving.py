@@ -15,8 +15,9 @@
 * With ``direct=True`` (the default) queries travel over direct connections to the shard actors
   (channel.py: one pickled payload per shard over a socket, blocking waits), which saves the ~1 ms of task
   submission of an actor call and costs nothing when idle. A shard whose channel fails, times out or is not
-  open yet gets that query through actor calls (with their timeouts and retries); its channel reopens on a
-  later query (at most every ``CHANNEL_RETRY_S``), e.g. once a killed actor is back.
+  open yet gets that query through actor calls (with their timeouts and retries); its channels reopen in the
+  background as soon as the actor answers again (a killed one once Ray has restarted it: every lane to it at
+  once, used or not), and while that fails, at most every ``CHANNEL_RETRY_S``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from laconic_ray.storage import StorageOptions, join
 log = logging.getLogger(__name__)
 
 NAMESPACE = "laconic"
-CHANNEL_RETRY_S = 1.0  # after a channel fails or cannot open, actor calls for that shard at least this long
+CHANNEL_RETRY_S = 1.0  # a shard replica's channels are reopened at most this often (the first time at once)
 
 
 @dataclasses.dataclass
@@ -285,8 +286,10 @@ class ShardedSearcher:
         for lane in range(lanes):
             self._free_lanes.put(lane)
         self._channels: list[list[Channel | None]] = [[None] * lanes for _ in range(self.num_shards)]
-        self._channel_retry_at = [[0.0] * lanes for _ in range(self.num_shards)]
-        self._reconnecting = [[False] * lanes for _ in range(self.num_shards)]
+        # channels a (re)connection opened for a lane, swapped in by the query that takes the lane next
+        self._fresh: list[list[Channel | None]] = [[None] * lanes for _ in range(self.num_shards)]
+        self._channel_retry_at = [[0.0] * replicas for _ in range(self.num_shards)]
+        self._reconnecting = [[False] * replicas for _ in range(self.num_shards)]
         self._next = [0] * self.num_shards
         self._executor = None
         self.queries = 0
@@ -555,49 +558,75 @@ class ShardedSearcher:
         return self._merge(answers, len(indptr) - 1, k)
 
     def _open_channels(self) -> None:
-        """Open a channel to every shard replica (a construction step: the first queries go direct too)."""
+        """Open a channel on every lane to every shard replica (a construction step: the first queries go
+        direct too)."""
         refs = {
-            (s, lane): self.actors[s][lane % self.replicas].open_channel.remote(_node_ip())
+            (s, r): self.actors[s][r].open_channel.remote(_node_ip())
             for s in range(self.num_shards)
-            for lane in range(len(self._channels[s]))
+            for r in range(self.replicas)
         }
-        for (shard, lane), ref in refs.items():
-            self._connect(shard, lane, ref)
+        for (shard, replica), ref in refs.items():
+            self._connect(shard, replica, ref)
+        for shard, row in enumerate(self._channels):  # no query holds a lane yet: take them all now
+            for lane in range(len(row)):
+                self._channel(shard, lane)
 
-    def _connect(self, shard: int, lane: int, ref: Any) -> None:
+    def _connect(self, shard: int, replica: int, ref: Any) -> None:
+        """Open a fresh channel for every lane to a shard replica whose channel is closed or goes to another
+        process than ``ref``'s address (the one before a restart: all its lanes are dead, used or not)."""
         try:
-            self._channels[shard][lane] = Channel(*ray.get(ref, timeout=self.timeout_s))
+            address = tuple(ray.get(ref, timeout=self.timeout_s))
+            for lane in range(replica, len(self._channels[shard]), self.replicas):
+                current = self._channels[shard][lane]
+                if current is not None and not current.closed and current.address == address:
+                    continue
+                channel = Channel(*address)
+                with self._lock:
+                    unused, self._fresh[shard][lane] = self._fresh[shard][lane], channel
+                if unused is not None:  # opened by an earlier reconnection, never taken: nobody holds it
+                    unused.close()
         except Exception as e:  # a dead or restarting actor: actor calls until the next attempt
-            self._channel_retry_at[shard][lane] = time.monotonic() + CHANNEL_RETRY_S
-            log.info("no channel to %s yet (%s); using actor calls", self._where(shard, lane), e)
+            self._channel_retry_at[shard][replica] = time.monotonic() + CHANNEL_RETRY_S
+            log.info("no channel to %s yet (%s); using actor calls", self._where(shard, replica), e)
 
     def _where(self, shard: int, lane: int) -> str:
         return f"{shard_name(shard)}/r{lane % self.replicas}"
 
     def _channel(self, shard: int, lane: int) -> Channel | None:
         """The open channel ``lane`` to a shard (to its replica ``lane % replicas``), or None (use an actor
-        call). A closed channel is reopened on a background thread (the actor may be restarting; a peer may be
-        slow to shake hands), at most every ``CHANNEL_RETRY_S``: no query waits for it, and no lock is held
-        while it happens."""
+        call). The caller holds the lane, so it swaps in a channel a reconnection opened for it. A closed
+        channel has its replica reconnected on a background thread (no query waits for it, no lock is held
+        while it happens)."""
+        if self._fresh[shard][lane] is not None:
+            with self._lock:
+                fresh, self._fresh[shard][lane] = self._fresh[shard][lane], None
+            if (old := self._channels[shard][lane]) is not None:
+                old.close()
+            self._channels[shard][lane] = fresh
         channel = self._channels[shard][lane]
         if channel is not None and not channel.closed:
             return channel
-        with self._lock:
-            if self._reconnecting[shard][lane] or time.monotonic() < self._channel_retry_at[shard][lane]:
-                return None
-            self._reconnecting[shard][lane] = True
-            self._channel_retry_at[shard][lane] = time.monotonic() + CHANNEL_RETRY_S
-        threading.Thread(
-            target=self._reconnect, args=(shard, lane), name="laconic-reconnect", daemon=True
-        ).start()
+        self._reconnect(shard, lane % self.replicas)
         return None
 
-    def _reconnect(self, shard: int, lane: int) -> None:
-        try:
-            actor = self.actors[shard][lane % self.replicas]
-            self._connect(shard, lane, actor.open_channel.remote(_node_ip()))
-        finally:
-            self._reconnecting[shard][lane] = False
+    def _reconnect(self, shard: int, replica: int, at_once: bool = False) -> None:
+        """Ask a shard replica for its address again, on a background thread (no query waits for it). After
+        a failed attempt (an actor dead for good) at most every ``CHANNEL_RETRY_S``; ``at_once`` when a
+        channel that had answered fails: the call waits while Ray restarts a killed actor, so channels reopen
+        as soon as it is back (a channel that fails before its first answer waits its turn: no storm)."""
+        with self._lock:
+            busy = self._reconnecting[shard]
+            if busy[replica] or (not at_once and time.monotonic() < self._channel_retry_at[shard][replica]):
+                return
+            busy[replica] = True
+
+        def run() -> None:
+            try:
+                self._connect(shard, replica, self.actors[shard][replica].open_channel.remote(_node_ip()))
+            finally:
+                self._reconnecting[shard][replica] = False
+
+        threading.Thread(target=run, name="laconic-reconnect", daemon=True).start()
 
     def _scatter_direct(self, payload: tuple, started: float) -> dict[int, list]:
         """Every shard's answer that came back over a channel (the caller asks the others by actor call).
@@ -623,14 +652,14 @@ class ShardedSearcher:
                     channel.send(data)
                 except ChannelClosed as e:
                     channel.lock.release()
-                    self._channel_failed(shard, lane, e)
+                    self._channel_failed(shard, lane, channel, e)
                     continue
                 sent[shard] = channel
             for shard, channel in sent.items():
                 try:
                     answers[shard] = channel.receive(started + self.timeout_s - time.perf_counter())
                 except ChannelClosed as e:
-                    self._channel_failed(shard, lane, e)
+                    self._channel_failed(shard, lane, channel, e)
                 except QueryError as e:
                     query_error = query_error or e
                 except Exception as e:  # the shard's handler failed: that shard goes by actor call
@@ -647,14 +676,14 @@ class ShardedSearcher:
         self._record(list(answers), time.perf_counter() - started)
         return answers
 
-    def _channel_failed(self, shard: int, lane: int, error: Exception) -> None:
+    def _channel_failed(self, shard: int, lane: int, channel: Channel, error: Exception) -> None:
         self._stats[shard].failures += 1
-        self._channel_retry_at[shard][lane] = time.monotonic() + CHANNEL_RETRY_S  # not again at once
         log.warning("%s: channel failed (%s); this query goes by actor call", self._where(shard, lane), error)
+        self._reconnect(shard, lane % self.replicas, at_once=channel.answered > 0)
 
     def close_channels(self) -> None:
         """Close this client's direct connections (the actors keep listening for others)."""
-        for row in self._channels:
+        for row in (*self._channels, *self._fresh):
             for channel in row:
                 if channel is not None:
                     channel.close()
