@@ -15,7 +15,8 @@ autoscaler error every 35 s), so a local cluster runs it on its largest node's C
 
 A training worker group is checked whole (``check_worker_group``): on a cluster without an autoscaler, Ray
 Train waits 60 s for workers it can never place, calls it a failure, and retries for ever (`laconic train
-scaling.use_gpu=true` on a CPU machine did), so such a group is refused before anything starts.
+scaling.use_gpu=true` on a CPU machine did), so such a group is refused before anything starts. Shard actors
+are counted per node the same way (``unplaceable``): a cluster's total can hide that no node holds one.
 
 ``fit`` and ``placeable`` are the arithmetic (pure); the other functions ask Ray.
 """
@@ -26,6 +27,7 @@ import contextlib
 import logging
 import math
 import socket
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -127,32 +129,46 @@ def placeable(nodes: list[dict[str, float]], per_worker: dict[str, float], strat
     return sum(min(c, 1) for c in counts) if strategy == "STRICT_SPREAD" else sum(counts)
 
 
-def check_worker_group(per_worker: dict[str, float], workers: int, strategy: str = "PACK") -> None:
-    """Raise :class:`ResourceError` when this cluster can never place ``workers`` training workers of
-    ``per_worker`` each. A cluster with an autoscaler is left to Ray Train's own check (nodes may come)."""
+def unplaceable(
+    per_actor: dict[str, float], count: int, strategy: str = "PACK"
+) -> tuple[int, list[dict[str, float]]] | None:
+    """``(how many fit, each node's resources)`` when this cluster can never place ``count`` actors (or
+    workers) of ``per_actor`` each, counted per node; None when it can, or when an autoscaler may add nodes
+    (then Ray's own checks apply)."""
     try:
         from ray._private.state import state
 
         if state.get_max_resources_from_cluster_config():
-            return
-    except Exception:  # Ray's private API moved: keep Ray Train's own behaviour
-        return
+            return None
+    except Exception:  # Ray's private API moved: keep Ray's own behaviour
+        return None
     nodes = [node["Resources"] for node in _alive_nodes()]
-    fits = placeable(nodes, per_worker, strategy)
-    if fits >= workers:
+    fits = placeable(nodes, per_actor, strategy)
+    return None if fits >= count else (fits, nodes)
+
+
+def totals(nodes: list[dict[str, float]], keys: Iterable[str]) -> dict[str, float]:
+    return {k: sum(node.get(k, 0.0) for node in nodes) for k in keys}
+
+
+def check_worker_group(per_worker: dict[str, float], workers: int, strategy: str = "PACK") -> None:
+    """Raise :class:`ResourceError` when this cluster can never place ``workers`` training workers of
+    ``per_worker`` each (Ray Train would wait, fail and retry for ever)."""
+    if (short := unplaceable(per_worker, workers, strategy)) is None:
         return
-    totals = {k: sum(node.get(k, 0.0) for node in nodes) for k in per_worker}
+    fits, nodes = short
+    has = totals(nodes, per_worker)
     advice = (
         "scaling.use_gpu=false trains on CPUs"
-        if per_worker.get("GPU", 0) > 0 and not totals["GPU"]
+        if per_worker.get("GPU", 0) > 0 and not has["GPU"]
         else "lower scaling.num_workers (or the phase's num_workers) or scaling.cpus_per_worker"
     )
     raise ResourceError(
-        f"{workers} training workers of {_brief(per_worker)} each: this cluster (no autoscaler; "
-        f"{_brief(totals)} in all) can place {fits} ({strategy})"
+        f"{workers} training workers of {brief(per_worker)} each: this cluster (no autoscaler; "
+        f"{brief(has)} in all) can place {fits} ({strategy})"
         f", and Ray Train would wait for the rest for ever: {advice}, or add nodes"
     )
 
 
-def _brief(resources: dict[str, float]) -> str:
+def brief(resources: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in resources.items())

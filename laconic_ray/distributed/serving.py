@@ -45,7 +45,7 @@ from laconic_ray.distributed.requests import (
     rows_to_csr,
     vector_row,
 )
-from laconic_ray.distributed.resources import size_for_cluster
+from laconic_ray.distributed.resources import brief, size_for_cluster, totals, unplaceable
 from laconic_ray.index.inverted import InvertedIndex, QueryError
 from laconic_ray.index.merge import merge_lists
 from laconic_ray.index.partition import manifest_digest, read_index_manifest, shard_name
@@ -199,17 +199,23 @@ def _needs(num_cpus: float, shard_resource: str | None) -> dict[str, float]:
 
 
 def _unschedulable(need: dict[str, float], count: int) -> str | None:
-    """Why ``count`` actors needing ``need`` each can never run on this cluster, or None if they fit its
-    totals (what is *free* changes; what the cluster *has* does not, short of an autoscaler)."""
-    total = ray.cluster_resources()
-    for resource, amount in need.items():
-        have = total.get(resource, 0.0)
-        if have < amount:
-            return (
-                f"each shard actor needs {amount:g} {resource} and no node offers that (the cluster has "
-                f"{have:g}); lower num_cpus_per_shard or start nodes with that resource (shard_resource)"
-            )
-    return None
+    """Why ``count`` actors needing ``need`` each can never all run on this cluster, or None if its nodes
+    can hold them (counted per node from what each *has*: what is free changes, what nodes have does not,
+    short of an autoscaler)."""
+    if (short := unplaceable(need, count)) is None:
+        return None
+    fits, nodes = short
+    missing = [k for k in need if not any(node.get(k, 0.0) >= need[k] for node in nodes)]
+    where = (
+        f"no node offers {' or '.join(f'{need[k]:g} {k}' for k in missing)}"
+        if missing
+        else f"its nodes can hold {fits} of them"
+    )
+    has = brief(totals(nodes, need))
+    return (
+        f"{count} shard actors need {brief(need)} each and {where} (the cluster has {has} in all); lower "
+        "num_cpus_per_shard or replicas, or start nodes with that resource (shard_resource)"
+    )
 
 
 @dataclasses.dataclass

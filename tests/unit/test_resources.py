@@ -25,3 +25,26 @@ def test_training_workers_are_counted_per_node_and_per_placement_strategy():
     assert placeable([{"CPU": 1.0}], {"CPU": 1.0, "GPU": 1.0}) == 0
     assert placeable([{"CPU": 0.3 * 10}], {"CPU": 0.3}) == 10  # float sums are not floored one short
     assert placeable([], {"CPU": 1.0}) == 0
+
+
+def test_shard_actors_no_node_can_hold_are_refused_by_what_each_node_has(monkeypatch):
+    from ray._private.state import state
+
+    from laconic_ray.distributed import resources
+    from laconic_ray.distributed.serving import _unschedulable
+
+    nodes = [{"CPU": 2.0, "index_shard": 1.0}, {"CPU": 2.0, "index_shard": 1.0}]
+    monkeypatch.setattr(resources, "_alive_nodes", lambda: [{"Alive": True, "Resources": n} for n in nodes])
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: None)  # no autoscaler
+    assert _unschedulable({"CPU": 1.5}, 2) is None  # one on each node
+    # the cluster's 4 CPUs would hold either; its nodes do not (Ray would wait until the startup deadline)
+    assert "no node offers 3 CPU (the cluster has 4 CPU in all)" in _unschedulable({"CPU": 3.0}, 1)
+    assert "its nodes can hold 2 of them" in _unschedulable({"CPU": 1.5}, 3)
+    assert _unschedulable({"CPU": 0.5, "index_shard": 1.0}, 2) is None
+    why = _unschedulable({"CPU": 0.5, "index_shard": 1.0}, 4)  # 2 shards x 2 replicas, one unit a node
+    assert why.startswith("4 shard actors need 0.5 CPU, 1 index_shard each and its nodes can hold 2 of them")
+    assert "lower num_cpus_per_shard or replicas" in why
+    assert "no node offers 1 no_such" in _unschedulable({"CPU": 0.5, "no_such": 1.0}, 1)
+    # with an autoscaler nodes may come: Ray's own scheduling decides
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: {"CPU": 64})
+    assert _unschedulable({"CPU": 3.0}, 1) is None
