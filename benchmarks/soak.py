@@ -76,6 +76,9 @@ def main() -> None:
             f"port={port}",
             "max_restarts=5",
             "timeout_s=30",
+            # a request Serve's proxy holds (on the killed HTTP replica: 2 of ~30 soaks) gets its 408 and is
+            # retried well within the gap between faults
+            "request_timeout_s=3",
             f"threads_per_shard={args.threads_per_shard}",
         ],
     )

@@ -760,6 +760,10 @@ class ServeConfig:
     http_replicas: int = 1
     http_cpus: float = 1.0  # CPUs reserved by each HTTP replica
     access_log: bool = False  # Serve's per-request access log lines (proxy and replica)
+    # HTTP: Serve's proxy answers 408 (which clients retry) to a request not answered within this, wherever
+    # it is held (e.g. on an HTTP replica killed mid-request, which Serve can hold until the client gives
+    # up); null: (retries + 2) x timeout_s, past the longest the searcher takes to answer, partially or not
+    request_timeout_s: float | None = None
     # HTTP replicas' young-generation GC threshold (distributed/http.py tune_collector; null: Python's 700,
     # which stopped the event loop for 9-18 ms about twice a second under load)
     http_gc_threshold: int | None = 20000
@@ -796,6 +800,13 @@ class ServeConfig:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
+    @property
+    def http_deadline_s(self) -> float:
+        """Seconds Serve's proxy gives an HTTP request before answering 408 (``request_timeout_s``)."""
+        if self.request_timeout_s is not None:
+            return self.request_timeout_s
+        return (self.retries + 2) * self.timeout_s
+
     def validate(self) -> None:
         check_quantization(self.quantization)
         check(bool(self.index), "index", "give the index folder (index=<uri>)")
@@ -810,6 +821,11 @@ class ServeConfig:
         )
         check(0 < self.k <= self.max_k, "k", f"must be in [1, max_k={self.max_k}]")
         check(self.startup_timeout_s > 0, "startup_timeout_s", "must be > 0")
+        check(
+            self.request_timeout_s is None or self.request_timeout_s > 0,
+            "request_timeout_s",
+            "must be > 0 (null: derived from timeout_s and retries)",
+        )
         check(self.retriever in ("learned", "hybrid"), "retriever", "must be learned or hybrid")
         if self.retriever == "hybrid":
             check(bool(self.bm25), "bm25", "retriever=hybrid needs bm25=<collection or Lucene index folder>")

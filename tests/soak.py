@@ -185,13 +185,14 @@ def _bad_queries(client, url, stop, every_s, give_up_s, faults, counts: dict[str
                 counts["not_refused"].append(f"python client: {name}: {e} (no field {field!r})")
         except Exception as e:
             counts["not_refused"].append(f"python client: {name}: {e!r}")
-        # A request in flight on an HTTP replica that is killed gets Serve's 500 (or a dropped connection):
-        # a server failure, which a client retries, not an answer to the query. Retried as the good
-        # queries are, each retry recorded with the fault it followed; the answer must then be a refusal.
+        # A request in flight on an HTTP replica that is killed gets Serve's 500, a dropped connection, or
+        # (held by the proxy) its 408 at request_timeout_s: a server failure, which a client retries, not an
+        # answer to the query. Retried as the good queries are, each retry recorded with the fault it
+        # followed; the answer must then be a refusal.
         status, answer, _ = _post_retrying(
             connection,
             {"vector": vector, "k": 10},
-            lambda status: status < 500,
+            lambda status: status < 500 and status != 408,
             give_up_s,
             lambda failure, name=name: counts["retried"].append(
                 {"query": name, "failure": failure[:200], **_after_fault(faults)}
@@ -320,10 +321,11 @@ def run_soak(
             "sent": bad["sent"],
             "refused_naming_the_field": bad["refused"],
             "other": bad["not_refused"][:10],
-            # an HTTP server failure is expected only in flight on the replica the soak kills (Serve's 500)
+            # an HTTP server failure is expected only in flight on the replica the soak kills (Serve's 500,
+            # or its 408 for a request the proxy held), within the 5 s the recovery goal allows
             "server_failures": len(bad["retried"]),
             "server_failures_not_at_a_replica_kill": [
-                r for r in bad["retried"] if not (r["after"] == "kill http replica" and r["seconds"] < 3)
+                r for r in bad["retried"] if not (r["after"] == "kill http replica" and r["seconds"] < 5)
             ][:10],
         },
         "streams": {},

@@ -18,6 +18,7 @@ Binds 127.0.0.1 unless configured otherwise.
 import contextlib
 import gc
 import logging
+import os
 import time
 from typing import Annotated, Any
 
@@ -253,7 +254,10 @@ class SearchService:
 
     @app.get("/stats")
     def stats(self) -> dict[str, Any]:
-        return {**self.searcher.stats(), "http_replica": {"gc_threshold": gc.get_threshold()}}
+        return {
+            **self.searcher.stats(),
+            "http_replica": {"pid": os.getpid(), "gc_threshold": gc.get_threshold()},
+        }
 
 
 # Serve's direct ingress (Ray 2.60): every HTTP replica also answers on a port of its own (30000 and up, on
@@ -295,8 +299,8 @@ def serve_running() -> bool:
     return serve.context._get_global_client(raise_if_no_controller_running=False) is not None
 
 
-def _check_proxy_address(host: str, port: int) -> None:
-    # serve.start() on a cluster where Serve already runs keeps the running proxies' address and only logs a
+def _check_proxy_address(host: str, port: int, deadline_s: float) -> None:
+    # serve.start() on a cluster where Serve already runs keeps the running proxies' options and only logs a
     # warning; an app deployed there would answer somewhere else than the caller was told.
     running = serve.context._get_global_client().http_config
     if (running.host, running.port) != (host, port):
@@ -304,6 +308,13 @@ def _check_proxy_address(host: str, port: int) -> None:
             f"Ray Serve already runs on this cluster with HTTP on {running.host}:{running.port}, not the "
             f"configured {host}:{port}; set host={running.host} port={running.port}, or stop it first "
             "(`serve shutdown`)"
+        )
+    if running.request_timeout_s != deadline_s:
+        log.warning(
+            "Ray Serve already runs on this cluster with request_timeout_s=%s: its proxies answer 408 after "
+            "that, not after the configured %s s (restart Serve, `serve shutdown`, to change it)",
+            running.request_timeout_s,
+            deadline_s,
         )
 
 
@@ -314,8 +325,9 @@ def deploy(config, options: StorageOptions) -> str:
     # a log line per request (written and flushed in the request's path, in the proxy and the replica) is
     # a measurable share of a few-millisecond request on small machines: off unless asked for
     logging_config = {"enable_access_log": config.access_log}
-    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=logging_config)
-    _check_proxy_address(config.host, config.port)
+    http_options = {"host": config.host, "port": config.port, "request_timeout_s": config.http_deadline_s}
+    serve.start(http_options=http_options, logging_config=logging_config)
+    _check_proxy_address(config.host, config.port, config.http_deadline_s)
     limits = {
         "max_k": config.max_k,
         "max_batch": config.max_batch,

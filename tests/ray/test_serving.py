@@ -229,6 +229,7 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
             "max_query_chars=100",
             "max_query_terms=64",
             "max_body_bytes=16384",
+            "request_timeout_s=2",
         ],
     )
     shards = ShardedSearcher(config.index, name=config.name, num_cpus_per_shard=0.5)
@@ -292,6 +293,19 @@ def test_http_service_answers_and_validates(ray_session, vectors, tmp_path):
         )
         assert status == 413  # refused before parsing
         # the same vector works afterwards: nothing a bad request did lingers
+        status, body = post(f"{base}/search", {"vector": vector, "k": 10})
+        assert status == 200 and [h["doc_id"] for h in body["hits"]] == expected
+        # a request held on the HTTP replica (stopped here, as one dying mid-request can be held) is answered
+        # 408, which a client retries, at request_timeout_s: not held until the client gives up
+        replica_pid = stats["http_replica"]["pid"]
+        os.kill(replica_pid, signal.SIGSTOP)
+        try:
+            sent = time.perf_counter()
+            status, answer = post(f"{base}/search", {"vector": vector, "k": 10})
+            held = time.perf_counter() - sent
+        finally:
+            os.kill(replica_pid, signal.SIGCONT)
+        assert status == 408 and 1.9 < held < 10, (status, answer, held)
         status, body = post(f"{base}/search", {"vector": vector, "k": 10})
         assert status == 200 and [h["doc_id"] for h in body["hits"]] == expected
         # Serve keeps its first HTTP address: deploying for another port must say so, not answer elsewhere

@@ -200,6 +200,24 @@ def test_serve_batching_knobs_are_checked():
         load_config(ServeConfig, "conf/serve.yaml", ["index=x", "in_flight=many"])
 
 
+def test_the_http_deadline_outlasts_the_searcher_unless_set():
+    from laconic_ray.config import ServeConfig
+
+    # null: past the longest the searcher takes (the direct attempt, then 1 + retries actor calls)
+    assert load_config(ServeConfig, "conf/serve.yaml", ["index=x"]).http_deadline_s == 40.0
+    derived = load_config(ServeConfig, "conf/serve.yaml", ["index=x", "timeout_s=2", "retries=0"])
+    assert derived.http_deadline_s == 4.0
+    assert (
+        load_config(ServeConfig, "conf/serve.yaml", ["index=x", "request_timeout_s=1.5"]).http_deadline_s
+        == 1.5
+    )
+    for bad in ("request_timeout_s=0", "request_timeout_s=-1"):
+        with pytest.raises(ConfigError, match="request_timeout_s: must be > 0"):
+            load_config(ServeConfig, "conf/serve.yaml", ["index=x", bad])
+    with pytest.raises(ConfigError, match="request_timeout_s"):
+        load_config(ServeConfig, "conf/serve.yaml", ["index=x", "request_timeout_s=soon"])
+
+
 def test_http_gc_threshold_is_checked_and_applied():
     import gc
 
