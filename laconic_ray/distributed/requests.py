@@ -65,7 +65,9 @@ def check_vector(
     if values.dtype.kind not in "iuf":
         raise VectorError("values", f"weights must be numbers, got {values.dtype}")
     ids, weights, error, bad = kernels.check_query(
-        indices.astype(np.int64, copy=False), values.astype(np.float64, copy=False), vocab_size
+        kernels.writable(indices.astype(np.int64, copy=False)),
+        kernels.writable(values.astype(np.float64, copy=False)),
+        vocab_size,
     )
     if error == 1:
         raise VectorError("indices", f"{int(indices[bad])} is outside the vocabulary [0, {vocab_size})")

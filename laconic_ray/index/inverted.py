@@ -226,8 +226,8 @@ class InvertedIndex:
 
     def _query_arrays(self, indices: Any, values: Any, query_mass: float) -> tuple[np.ndarray, np.ndarray]:
         """One query's ids (int64) and weights (float64), with the checks that need no pass over them."""
-        indices = np.asarray(indices)
-        values = np.asarray(values, dtype=np.float64)
+        indices = kernels.writable(np.asarray(indices))
+        values = kernels.writable(np.asarray(values, dtype=np.float64))
         if indices.ndim != 1 or values.ndim != 1 or len(indices) != len(values):
             raise QueryError(
                 f"query needs equal-length 1-D indices and values, got {indices.shape} and {values.shape}"
@@ -441,9 +441,9 @@ class InvertedIndex:
         import numba
 
         alpha, query_mass, candidates = self._settings(k, mode, alpha, query_mass, candidates)
-        indptr = np.asarray(indptr, dtype=np.int64)
-        indices = np.asarray(indices, dtype=np.int64)
-        values = np.asarray(values, dtype=np.float64)
+        indptr = kernels.writable(np.asarray(indptr, dtype=np.int64))
+        indices = kernels.writable(np.asarray(indices, dtype=np.int64))
+        values = kernels.writable(np.asarray(values, dtype=np.float64))
         if (
             indptr.ndim != 1
             or len(indptr) < 1

@@ -29,6 +29,14 @@ import numpy as np
 BOUND_SLACK = 1e-12
 
 
+def writable(array: np.ndarray) -> np.ndarray:
+    """A query array numba sees as writable: Ray hands actor calls their numpy arguments read-only, and
+    numba compiles a kernel again for read-only types (0.9 s on an idle core, seconds more on a busy one,
+    holding the GIL): the first actor call after a shard restart on a fresh install stalled every thread of
+    the new process ~5 s (the fault soak). Query arrays are small: a copy costs microseconds."""
+    return array if array.flags.writeable else array.copy()
+
+
 @nb.njit(cache=True, inline="always")
 def _worse(s1, i1, s2, i2):
     """Is (s1, i1) ranked below (s2, i2)? Higher score first; equal scores: lower doc number first."""

@@ -549,3 +549,53 @@ def test_threads_search_one_index_at_once(random_setup):
     for t in threads:
         t.join()
     assert not errors, errors[:5]
+
+
+@pytest.mark.parametrize("mode", ["exact", "candidates"])
+def test_read_only_query_arrays_reach_the_kernels_writable(monkeypatch, mode):
+    # Ray hands an actor call its numpy arguments read-only, and numba compiles every kernel again for
+    # read-only types: on a fresh install the first actor call after a shard restart stalled the new process
+    # (GIL held) ~5 s. Queries must reach the kernels as the channel path's do, writable.
+    from laconic_ray.distributed.requests import check_vector
+    from laconic_ray.index import kernels
+
+    docs, queries = random_vectors(300, 4, 500, seed=3)
+    index = InvertedIndex.build(docs, [f"d{i}" for i in range(300)])
+    seen: list[bool] = []
+    names = (
+        "search_query",
+        "candidates_query",
+        "prepare_batch",
+        "search_batch",
+        "candidates_batch",
+        "check_query",
+    )
+    for name in names:
+        original = getattr(kernels, name)
+
+        def spy(*args, original=original):
+            seen.extend(a.flags.writeable for a in args if isinstance(a, np.ndarray))
+            return original(*args)
+
+        monkeypatch.setattr(kernels, name, spy)
+
+    def frozen(a):
+        a = np.array(a)
+        a.flags.writeable = False
+        return a
+
+    row = queries[0]
+    expected = index.search(row.indices, row.data, 10, mode=mode)
+    got = index.search(frozen(row.indices.astype(np.int64)), frozen(row.data), 10, mode=mode)
+    assert got[0] == expected[0]
+    many = index.search_many(
+        frozen(queries.indptr.astype(np.int64)),
+        frozen(queries.indices.astype(np.int64)),
+        frozen(queries.data),
+        10,
+        1,
+        mode=mode,
+    )
+    assert next(ids for ids, _ in many) == expected[0]
+    check_vector(frozen(row.indices.astype(np.int64)), frozen(row.data), 500)  # the client's check too
+    assert seen and all(seen), seen
