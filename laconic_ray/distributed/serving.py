@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "laconic"
 CHANNEL_RETRY_S = 1.0  # a shard replica's channels are reopened at most this often (the first time at once)
+WARN_EVERY_S = 10.0  # a per-query warning (a shard down, a channel failing) is logged at most this often
 
 
 @dataclasses.dataclass
@@ -297,6 +298,9 @@ class ShardedSearcher:
         self._channel_retry_at = [[0.0] * replicas for _ in range(self.num_shards)]
         self._reconnecting = [[False] * replicas for _ in range(self.num_shards)]
         self._next = [0] * self.num_shards
+        self._warned: dict[
+            tuple, tuple[float, int]
+        ] = {}  # _warn: when each warning was last logged, held back
         self._executor = None
         self.queries = 0
         self.encoder = None
@@ -673,7 +677,12 @@ class ShardedSearcher:
                     query_error = query_error or e
                 except Exception as e:  # the shard's handler failed: that shard goes by actor call
                     self._stats[shard].failures += 1
-                    log.warning("%s: search failed (%r); retrying by actor call", self._where(shard, lane), e)
+                    self._warn(
+                        ("search", shard),
+                        "%s: search failed (%r); retrying by actor call",
+                        self._where(shard, lane),
+                        e,
+                    )
         finally:
             for channel in sent.values():
                 channel.lock.release()
@@ -687,7 +696,10 @@ class ShardedSearcher:
 
     def _channel_failed(self, shard: int, lane: int, channel: Channel, error: Exception) -> None:
         self._stats[shard].failures += 1
-        log.warning("%s: channel failed (%s); this query goes by actor call", self._where(shard, lane), error)
+        where = self._where(shard, lane)
+        self._warn(
+            ("channel", shard, lane), "%s: channel failed (%s); this query goes by actor call", where, error
+        )
         self._reconnect(shard, lane % self.replicas, at_once=channel.answered > 0)
 
     def close_channels(self) -> None:
@@ -729,17 +741,33 @@ class ShardedSearcher:
                 self._stats[shard].failures += 1
                 attempts[shard] += 1
                 if attempts[shard] > self.retries:
-                    log.warning(
-                        "shard %d gave no answer after %d attempts (%s)",
+                    reason = str(error or "timeout").splitlines()[0]  # Ray's errors run to many lines
+                    self._warn(
+                        ("no answer", shard),
+                        "shard %d gave no answer after %d attempts (%s); answers are partial",
                         shard,
                         attempts[shard],
-                        error or "timeout",
+                        reason,
                     )
                     del pending[shard]
                     continue
                 self._stats[shard].retries += 1
                 pending[shard] = (self._call(shard, payload), time.perf_counter())
         return answers
+
+    def _warn(self, key: tuple, message: str, *args: Any) -> None:
+        """``log.warning`` at most once per ``WARN_EVERY_S`` per ``key``, saying how many were held back: a
+        shard down for good fails every query, which must not flood the log."""
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._warned.get(key, (-WARN_EVERY_S, 0))
+            if now - last < WARN_EVERY_S:
+                self._warned[key] = (last, held + 1)
+                return
+            self._warned[key] = (now, 0)
+        if held:
+            message += f" ({held} more like it in the last {now - last:.0f} s)"
+        log.warning(message, *args)
 
     def _merge(self, answers: dict[int, list], n: int, k: int) -> list[SearchResult]:
         missing = sorted(set(range(self.num_shards)) - set(answers))

@@ -137,6 +137,33 @@ def test_a_killed_shard_loses_no_query(ray_session, vectors, tmp_path, monkeypat
         client.shutdown()
 
 
+def test_a_shard_dead_for_good_gives_marked_partial_answers_quickly_and_warns_once(
+    ray_session, vectors, tmp_path, caplog
+):
+    # The other shards' hits, exactly, marked partial with the missing shard named; no query waits for a
+    # timeout (the actor is known dead); and one warning, not one per query (each carried Ray's 20-line error)
+    uri, _doc_ids, _docs, queries = vectors
+    build(uri, str(tmp_path / "index"), "num_shards=2")
+    client = searcher(str(tmp_path / "index"), timeout_s=30)
+    try:
+        alive = InvertedIndex.load(storage.join(client.index, client.manifest.files[0].path))
+        ray.kill(client.actors[1][0], no_restart=True)
+        stream = as_queries(queries)[:40]
+        with caplog.at_level("WARNING", logger="laconic_ray.distributed.serving"):
+            started = time.perf_counter()
+            results = [client.search(q, k=10) for q in stream]
+            took = time.perf_counter() - started
+        for i, result in enumerate(results):
+            assert result.partial and result.missing_shards == [1]
+            assert result.doc_ids == alive.search(queries[i].indices, queries[i].data, 10)[0]
+        assert took < 20, f"{took:.1f} s for 40 queries"
+        no_answer = [r for r in caplog.records if "gave no answer" in r.getMessage()]
+        assert len(no_answer) == 1, [r.getMessage() for r in no_answer]
+        assert "\n" not in no_answer[0].getMessage() and "answers are partial" in no_answer[0].getMessage()
+    finally:
+        client.shutdown()
+
+
 def test_channel_failures_fall_back_to_actor_calls(ray_session, vectors, tmp_path):
     uri, doc_ids, docs, queries = vectors
     build(uri, str(tmp_path / "index"), "num_shards=2")
