@@ -299,7 +299,7 @@ def serve_running() -> bool:
     return serve.context._get_global_client(raise_if_no_controller_running=False) is not None
 
 
-def _check_proxy_address(host: str, port: int, deadline_s: float) -> None:
+def _check_running_proxies(host: str, port: int, deadline_s: float) -> None:
     # serve.start() on a cluster where Serve already runs keeps the running proxies' options and only logs a
     # warning; an app deployed there would answer somewhere else than the caller was told.
     running = serve.context._get_global_client().http_config
@@ -327,7 +327,7 @@ def deploy(config, options: StorageOptions) -> str:
     logging_config = {"enable_access_log": config.access_log}
     http_options = {"host": config.host, "port": config.port, "request_timeout_s": config.http_deadline_s}
     serve.start(http_options=http_options, logging_config=logging_config)
-    _check_proxy_address(config.host, config.port, config.http_deadline_s)
+    _check_running_proxies(config.host, config.port, config.http_deadline_s)
     limits = {
         "max_k": config.max_k,
         "max_batch": config.max_batch,

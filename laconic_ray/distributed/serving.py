@@ -298,9 +298,8 @@ class ShardedSearcher:
         self._channel_retry_at = [[0.0] * replicas for _ in range(self.num_shards)]
         self._reconnecting = [[False] * replicas for _ in range(self.num_shards)]
         self._next = [0] * self.num_shards
-        self._warned: dict[
-            tuple, tuple[float, int]
-        ] = {}  # _warn: when each warning was last logged, held back
+        # _warn: per warning, when it was last logged and how many were held back since
+        self._warned: dict[tuple, tuple[float, int]] = {}
         self._executor = None
         self.queries = 0
         self.encoder = None
@@ -696,9 +695,11 @@ class ShardedSearcher:
 
     def _channel_failed(self, shard: int, lane: int, channel: Channel, error: Exception) -> None:
         self._stats[shard].failures += 1
-        where = self._where(shard, lane)
         self._warn(
-            ("channel", shard, lane), "%s: channel failed (%s); this query goes by actor call", where, error
+            ("channel", shard, lane),
+            "%s: channel failed (%s); this query goes by actor call",
+            self._where(shard, lane),
+            error,
         )
         self._reconnect(shard, lane % self.replicas, at_once=channel.answered > 0)
 
